@@ -1,0 +1,204 @@
+"""Layers, part 1: the Layer interface, Dense, the activations, Dropout and Flatten.
+
+Every layer follows one small contract (the homework's equations, one layer at a time):
+
+    forward(x, train)  -> y    caches what backward needs (only when train=True)
+    backward(dy)       -> dx   WRITES (=, never +=) its parameter gradients into its grad
+                               views and returns dL/dx (None when `need_dx` is False,
+                               which the model sets on its first layer: nobody needs dL/dimage)
+
+Parameters are not owned by the layer.  The Model allocates one flat `theta` and one flat
+`grad` and hands each layer reshaped *views* into them via `bind`; the layer reaches them
+as attributes (`self.W`, `self.dW`, ...).  Updating in place (`self.W[...] = ...`) keeps
+the aliasing; rebinding (`self.W = self.W - ...`) would silently break it.
+
+Shapes are per sample in `input_shape`/`out_shape` (no batch dimension) and carry the
+batch dimension B first in the arrays: (B, F) for features, (B, H, W, C) for images.
+
+Conv2D and MaxPool2D live in core/conv.py, BatchNorm in core/norm.py; spec validation
+and the type registry in core/spec.py.  Tested by tests/test_core_gradcheck.py.
+"""
+import numpy as np
+
+REQUIRED = object()   # marker in KEYS: the spec must give this key
+
+
+class Layer:
+    """Base class: bookkeeping shared by all layers."""
+    type_name = "layer"
+    KEYS = {}            # spec schema: key -> (python type, default, check name); see core/spec.py
+    decay = ()           # names of params that get weight decay (weights, not biases)
+    needs_noise = False  # Dropout: forward takes a `noise` callable
+
+    def __init__(self, index, input_shape):
+        self.index = index                    # position in the model; Dropout's noise stream
+        self.input_shape = tuple(input_shape)
+        self.param_shapes = {}                # trainable: name -> shape
+        self.state_shapes = {}                # non-trainable (BN running stats)
+        self.params, self.grads, self.state = {}, {}, {}
+        self.need_dx = True
+
+    def fail(self, message):
+        """Raise the one-line user error for a bad spec value of this layer."""
+        raise ValueError(f"layer {self.index} ({self.type_name}): {message}")
+
+    # --- arena binding: views into the model's flat vectors -------------------------
+    def bind(self, name, value, grad):
+        self.params[name], self.grads[name] = value, grad
+        setattr(self, name, value)          # e.g. self.W
+        setattr(self, "d" + name, grad)     # e.g. self.dW
+
+    def bind_state(self, name, value):
+        self.state[name] = value
+        setattr(self, name, value)          # e.g. self.running_mean
+
+    # --- shapes and cost ---------------------------------------------------------------
+    @property
+    def out_shape(self):
+        return self.output_shape(self.input_shape)
+
+    def output_shape(self, input_shape):
+        return tuple(input_shape)            # elementwise layers keep the shape
+
+    def flops(self, input_shape):
+        """Forward FLOPs per sample (multiply-add = 2).  Elementwise layers: 1 per element,
+        a nominal count -- they are memory-bound and tiny next to the GEMMs."""
+        return int(np.prod(input_shape))
+
+    def fans(self):
+        """(fan_in, fan_out) of the weight "W", for initialization."""
+        raise NotImplementedError
+
+    def forward(self, x, train):
+        raise NotImplementedError
+
+    def backward(self, dy):
+        raise NotImplementedError
+
+
+class Dense(Layer):
+    """Fully connected: y = x W + b, with W (F, O)."""
+    type_name = "dense"
+    KEYS = {"out": (int, REQUIRED, "positive")}
+    decay = ("W",)
+
+    def __init__(self, index, input_shape, out):
+        super().__init__(index, input_shape)
+        if len(self.input_shape) != 1:
+            self.fail(f"input has shape {self.input_shape}, not flat; "
+                      "add {type = \"flatten\"} before this layer")
+        self.out = out
+        self.param_shapes = {"W": (self.input_shape[0], out), "b": (out,)}
+
+    def output_shape(self, input_shape):
+        return (self.out,)
+
+    def flops(self, input_shape):
+        return 2 * int(input_shape[0]) * self.out + self.out     # GEMM + bias
+
+    def fans(self):
+        return self.input_shape[0], self.out
+
+    def forward(self, x, train):
+        y = x @ self.W                       # (B, F) @ (F, O) -> (B, O)
+        y += self.b
+        self.x = x if train else None
+        return y
+
+    def backward(self, dy):                  # dy (B, O)
+        np.matmul(self.x.T, dy, out=self.dW)  # (F, B) @ (B, O) -> (F, O)
+        np.sum(dy, axis=0, out=self.db)       # (O,)
+        return dy @ self.W.T if self.need_dx else None   # (B, O) @ (O, F) -> (B, F)
+
+
+class ReLU(Layer):
+    """y = max(x, 0); dy passes where x > 0."""
+    type_name = "relu"
+
+    def forward(self, x, train):
+        y = np.maximum(x, 0)                  # 0 is a Python int: stays float32
+        self.mask = (x > 0) if train else None
+        return y
+
+    def backward(self, dy):
+        return dy * self.mask
+
+
+class Sigmoid(Layer):
+    """y = 1 / (1 + e^-x), written as (1 + tanh(x/2)) / 2, which never overflows."""
+    type_name = "sigmoid"
+
+    def forward(self, x, train):
+        y = np.tanh(x * 0.5)
+        y += 1
+        y *= 0.5
+        self.y = y if train else None
+        return y
+
+    def backward(self, dy):
+        return dy * self.y * (1 - self.y)     # sigma' = sigma (1 - sigma)
+
+
+class Tanh(Layer):
+    type_name = "tanh"
+
+    def forward(self, x, train):
+        y = np.tanh(x)
+        self.y = y if train else None
+        return y
+
+    def backward(self, dy):
+        return dy * (1 - self.y * self.y)     # tanh' = 1 - tanh^2
+
+
+class Dropout(Layer):
+    """Inverted dropout: keep each unit with probability 1-p and scale it by 1/(1-p), so
+    eval mode is the identity.  The mask comes from `noise(stream=self.index, shape)`, a
+    function of the *global* sample index (core/keyed_random.py), never of the rank.
+    In train mode with p > 0 and no noise it raises: a silent fallback generator would
+    break the world-size invariance without anybody noticing."""
+    type_name = "dropout"
+    KEYS = {"p": (float, 0.5, "probability")}
+    needs_noise = True
+
+    def __init__(self, index, input_shape, p):
+        super().__init__(index, input_shape)
+        self.p = p
+
+    def forward(self, x, train, noise=None):
+        if not train or self.p == 0:
+            self.mask = None
+            return x
+        if noise is None:
+            raise ValueError(f"layer {self.index} (dropout): train mode needs noise; call "
+                             "model.forward(x, train=True, noise=keyed_noise(seed, epoch, indices))")
+        u = noise(self.index, self.input_shape)              # (B, *shape) in [0, 1)
+        if u.shape != x.shape:
+            raise ValueError(f"layer {self.index} (dropout): noise returned shape {u.shape}, "
+                             f"expected {x.shape}")
+        keep = u >= self.p                                   # P(keep) = 1 - p
+        self.mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
+        return x * self.mask
+
+    def backward(self, dy):
+        return dy if self.mask is None else dy * self.mask
+
+    def flops(self, input_shape):
+        return int(np.prod(input_shape))
+
+
+class Flatten(Layer):
+    """(B, H, W, C) -> (B, H*W*C), row-major (so NHWC order: channels fastest)."""
+    type_name = "flatten"
+
+    def output_shape(self, input_shape):
+        return (int(np.prod(input_shape)),)
+
+    def flops(self, input_shape):
+        return 0
+
+    def forward(self, x, train):
+        return x.reshape(len(x), -1)
+
+    def backward(self, dy):
+        return dy.reshape((len(dy),) + self.input_shape)

@@ -1,0 +1,115 @@
+"""The declarative model spec: validation, defaults, and layer construction.
+
+A model is a list of layer tables, as written in a preset TOML:
+
+    [[model]]
+    type = "conv"
+    out = 32
+    kernel = 5
+    pad = 2
+    [[model]]
+    type = "relu"
+
+Each layer class declares its keys in `KEYS` as  key -> (type, default, check);  a default
+of REQUIRED means the spec must give it, a default that names another key copies that
+key's value (maxpool: stride defaults to kernel).  `normalize_spec` fills in every
+default, so the stored spec (checkpoints, metrics) says exactly what was built and resume
+can compare architectures with `==`.  Any mistake is a ValueError of one line naming the
+layer index, its type and the key, e.g.
+
+    layer 3 (conv): 'kernel' must be a positive int, got -1
+
+Defaults:  dense {out}; conv {out, kernel, stride=1, pad=0}; maxpool {kernel=2,
+stride=kernel}; dropout {p=0.5}; batchnorm {momentum=0.1, eps=1e-5}; relu, sigmoid, tanh,
+flatten take no keys.  Tested by tests/test_core_spec.py.
+"""
+import math
+
+import numpy as np
+
+from core.conv import Conv2D, MaxPool2D
+from core.layers import REQUIRED, Dense, Dropout, Flatten, ReLU, Sigmoid, Tanh
+from core.norm import BatchNorm
+
+LAYER_TYPES = {cls.type_name: cls for cls in
+               (Dense, Conv2D, MaxPool2D, ReLU, Sigmoid, Tanh, Dropout, BatchNorm, Flatten)}
+
+# check name -> (predicate, description); the description is completed with the type.
+CHECKS = {
+    "positive": (lambda v: v > 0, "must be a positive {kind}"),
+    "nonnegative": (lambda v: v >= 0, "must be a non-negative {kind}"),
+    "probability": (lambda v: 0 <= v < 1, "must be a {kind} in [0, 1)"),
+    "fraction": (lambda v: 0 <= v <= 1, "must be a {kind} in [0, 1]"),
+}
+
+
+def _typed(where, key, value, kind):
+    """Check the TOML type (bool is not an int; an int is accepted as a float)."""
+    if kind is int:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"{where}: {key!r} must be an int, got {value!r}")
+        return int(value)
+    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating))
+            or not math.isfinite(value)):
+        raise ValueError(f"{where}: {key!r} must be a finite float, got {value!r}")
+    return float(value)
+
+
+def normalize_layer(index, raw):
+    """One layer spec with every default filled in; ValueError on any mistake."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"layer {index}: expected a table with a 'type' key, got {raw!r}")
+    known = ", ".join(LAYER_TYPES)
+    if "type" not in raw:
+        raise ValueError(f"layer {index}: missing 'type' (one of: {known})")
+    kind = raw["type"]
+    if not isinstance(kind, str) or kind not in LAYER_TYPES:
+        raise ValueError(f"layer {index}: unknown type {kind!r} (one of: {known})")
+    cls = LAYER_TYPES[kind]
+    where = f"layer {index} ({kind})"
+    for key in raw:
+        if key != "type" and key not in cls.KEYS:
+            raise ValueError(f"{where}: unknown key {key!r} (known: {', '.join(cls.KEYS) or 'none'})")
+    out = {"type": kind}
+    for key, (typ, default, check) in cls.KEYS.items():
+        if key in raw:
+            value = _typed(where, key, raw[key], typ)
+        elif default is REQUIRED:
+            raise ValueError(f"{where}: missing required key {key!r}")
+        elif isinstance(default, str):           # "same as that key"
+            value = out[default]
+        else:
+            value = default
+        ok, description = CHECKS[check]
+        if not ok(value):
+            raise ValueError(f"{where}: {key!r} {description.format(kind=typ.__name__)}, got {value!r}")
+        out[key] = value
+    return out
+
+
+def normalize_spec(spec):
+    """The whole spec (list of layer tables) normalized; JSON-serializable."""
+    if not isinstance(spec, (list, tuple)) or len(spec) == 0:
+        raise ValueError(f"model spec must be a non-empty list of layer tables, got {spec!r}")
+    return [normalize_layer(i, raw) for i, raw in enumerate(spec)]
+
+
+def check_input_shape(input_shape):
+    shape = tuple(input_shape)
+    if not shape or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0
+                            for d in shape):
+        raise ValueError(f"input_shape must be a tuple of positive ints, got {input_shape!r}")
+    return tuple(int(d) for d in shape)
+
+
+def build_layers(spec, input_shape):
+    """(normalized spec, list of Layer objects).  Shape errors name the layer too."""
+    spec = normalize_spec(spec)
+    shape = check_input_shape(input_shape)
+    layers = []
+    for i, s in enumerate(spec):
+        keys = {k: v for k, v in s.items() if k != "type"}
+        layer = LAYER_TYPES[s["type"]](i, shape, **keys)
+        layers.append(layer)
+        shape = layer.out_shape
+    return spec, layers

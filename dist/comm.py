@@ -1,0 +1,153 @@
+"""The communicator: the only module in mpigrad that talks MPI.
+
+A thin wrapper over mpi4py in the spirit of ChainerMN's communicators:
+
+* ``rank``, ``size`` and ``local_size`` (ranks on this node);
+* ``allreduce_sum_(buf)`` sums one flat numpy buffer over all ranks *in place*
+  (``MPI.IN_PLACE``, the buffer protocol: no pickling of arrays);
+* ``bcast(obj)`` for small Python objects (configs, run names);
+* ``agree(ok, message)``: every rank contributes a flag; if any rank failed, *all* ranks raise
+  the same ``ExpectedError`` together, so a bad config or unreadable shard is reported once
+  (by rank 0) instead of leaving the healthy ranks blocked in the next collective;
+* ``wait_for_root()``: the ranks that wait while rank 0 evaluates and writes checkpoints poll a
+  non-blocking barrier with short sleeps instead of spinning a core inside a blocking call
+  (MPICH busy-polls), which matters when ranks outnumber cores.
+
+Without ``mpirun`` everything works with ``size == 1`` and the collectives are no-ops.
+
+Any *unhandled* exception on any rank calls ``MPI.COMM_WORLD.Abort`` from ``sys.excepthook``
+(as ``python -m mpi4py`` does), so the whole job ends within seconds instead of hanging.
+
+Try it:  mpirun -n 2 python -m dist.comm
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+
+import numpy as np
+from mpi4py import MPI
+
+
+class ExpectedError(Exception):
+    """An error the user can fix (bad config, bad data, NaN loss): one line, exit code 2."""
+
+
+# While waiting on a non-blocking request, sleep this long between polls. Short enough to add
+# little latency to a step (a few polls per allreduce), long enough to give the core away.
+POLL_SECONDS = 2e-4
+
+
+class Comm:
+    def __init__(self, world: MPI.Comm | None = None):
+        self.world = world if world is not None else MPI.COMM_WORLD
+        self.rank = self.world.Get_rank()
+        self.size = self.world.Get_size()
+        # Ranks sharing this node (and its cores): the basis for BLAS threads per rank.
+        node = self.world.Split_type(MPI.COMM_TYPE_SHARED) if self.size > 1 else None
+        self.local_rank = node.Get_rank() if node is not None else 0
+        self.local_size = node.Get_size() if node is not None else 1
+        if node is not None:
+            node.Free()
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    # -- collectives ------------------------------------------------------------------------
+    def _wait(self, request: MPI.Request) -> None:
+        """Complete a non-blocking request without burning a core (see module docstring)."""
+        while not request.Test():
+            time.sleep(POLL_SECONDS)
+
+    def allreduce_sum_(self, buf: np.ndarray) -> np.ndarray:
+        """Sum a contiguous numpy array over all ranks, in place. Returns ``buf``."""
+        if self.size > 1:
+            self._wait(self.world.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM))
+        return buf
+
+    def allreduce_sum(self, array: np.ndarray) -> np.ndarray:
+        """Out-of-place sum of a small array (batch-norm statistics, epoch totals)."""
+        out = np.ascontiguousarray(array).copy()
+        return self.allreduce_sum_(out)
+
+    def bcast(self, obj, root: int = 0):
+        """Broadcast a small picklable Python object (a config dict, a run name)."""
+        return self.world.bcast(obj, root=root) if self.size > 1 else obj
+
+    def bcast_array_(self, buf: np.ndarray, root: int = 0) -> np.ndarray:
+        """Broadcast a numpy array in place (e.g. theta after rank 0 loaded a checkpoint)."""
+        if self.size > 1:
+            self._wait(self.world.Ibcast(buf, root=root))
+        return buf
+
+    def wait_for_root(self) -> None:
+        """A barrier that sleeps instead of spinning: rank 0 enters it when its work is done."""
+        if self.size > 1:
+            self._wait(self.world.Ibarrier())
+
+    def agree(self, ok: bool, message: str = "") -> None:
+        """Collective check: if any rank has ``ok == False``, every rank raises ExpectedError
+        carrying the message of the lowest failing rank (so it is printed once, by rank 0)."""
+        if self.size == 1:
+            if not ok:
+                raise ExpectedError(message)
+            return
+        flags = np.array([0 if ok else 1], dtype=np.int32)
+        self.allreduce_sum_(flags)
+        if flags[0] == 0:
+            return
+        messages = self.world.allgather(None if ok else message)
+        first = next(m for m in messages if m is not None)
+        raise ExpectedError(first)
+
+    def abort(self, code: int = 1) -> None:
+        self.world.Abort(code)
+
+
+def install_abort_hook(comm: Comm) -> None:
+    """Make an unhandled exception on any rank end the whole job (never a hang)."""
+    if comm.size == 1:
+        return
+
+    def hook(exc_type, exc, tb):
+        sys.stderr.write(f"[rank {comm.rank}] unhandled exception, aborting the MPI job:\n")
+        traceback.print_exception(exc_type, exc, tb, file=sys.stderr)
+        sys.stderr.flush()
+        comm.abort(1)
+
+    sys.excepthook = hook
+
+
+def run_main(main, argv=None) -> int:
+    """Run ``main(comm, argv)`` with MPI-aware error handling; returns the exit code.
+
+    ExpectedError -> rank 0 prints ``error: ...`` once; every rank exits 2.
+    Anything else -> the abort hook (traceback from the failing rank, whole job ends)."""
+    comm = Comm()
+    install_abort_hook(comm)
+    try:
+        main(comm, argv)
+    except ExpectedError as err:
+        if comm.is_root:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        if comm.size > 1:
+            comm.abort(130)
+        return 130
+    return 0
+
+
+def _demo() -> None:
+    comm = Comm()
+    buf = np.full(4, comm.rank, dtype=np.float32)
+    comm.allreduce_sum_(buf)
+    print(f"rank {comm.rank}/{comm.size} (node-local {comm.local_rank}/{comm.local_size}, "
+          f"pid {os.getpid()}): allreduce of ranks = {buf}")
+
+
+if __name__ == "__main__":
+    _demo()

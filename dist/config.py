@@ -1,0 +1,228 @@
+"""Training configuration: typed sections, loaded from a TOML preset plus command-line overrides.
+
+A config is six small dataclasses (``[model] [data] [optim] [schedule] [train] [run]``). A preset
+in ``launch/configs/NAME.toml`` sets some fields; the rest keep the defaults below. Overrides
+come from the command line as ``--set optim.lr=0.05`` or ``--optim.lr 0.05`` (the value is read
+as a TOML value, so ``--set model.layers=[{type="dense",out=10}]`` works too).
+
+Every mistake is one line that names the key: unknown keys, wrong types, impossible values.
+The resolved config is saved with the run as JSON, and ``--config runs/X/config.json`` repeats it.
+
+See all fields:  python -m dist.train --help
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dist.comm import ExpectedError
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "launch" / "configs"
+DEFAULT_PRESET = "cnn"
+
+
+def _f(default, help_text, **kw):
+    return field(default=default, metadata={"help": help_text}, **kw)
+
+
+@dataclass
+class ModelConfig:
+    layers: list = _f(None, "list of layer tables, e.g. [{type='dense', out=10}] (see core/)")
+    loss: str = _f("xent", "'xent' (softmax cross-entropy) or 'mse' (classic sigmoid net)")
+
+
+@dataclass
+class DataConfig:
+    path: str = _f("", "HDF5 file; '' = $MPIGRAD_DATA or ~/.cache/mpigrad/mnist.h5")
+    source: str = _f("", "local folder of the 4 MNIST IDX files to prepare from ('' = auto)")
+    val_size: int = _f(5000, "training images held out for validation / early stopping")
+    split_seed: int = _f(0, "seed of the train/validation split (fixed across runs)")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = _f(0.05, "base learning rate (for the global batch)")
+    momentum: float = _f(0.9, "momentum coefficient in [0, 1)")
+    nesterov: bool = _f(False, "Nesterov momentum instead of heavy-ball")
+    weight_decay: float = _f(0.0, "L2 weight decay on weights (not biases / batch-norm)")
+
+
+@dataclass
+class ScheduleConfig:
+    kind: str = _f("cosine", "'constant', 'step' or 'cosine'")
+    warmup_epochs: float = _f(0.0, "linear warmup length in epochs")
+    step_epochs: int = _f(0, "'step': multiply lr by gamma every this many epochs")
+    gamma: float = _f(0.1, "'step': decay factor")
+    min_lr: float = _f(0.0, "'cosine': final learning rate")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _f(10, "number of epochs")
+    batch_size: int = _f(128, "global batch size (split over the ranks)")
+    seed: int = _f(0, "seed of the initial weights, epoch order and dropout")
+    steps_per_epoch: int = _f(0, "cap on steps per epoch (0 = the whole epoch)")
+    patience: int = _f(0, "early stopping: epochs without validation gain (0 = off)")
+    eval_test_every: int = _f(1, "evaluate the test set every k epochs (and at the end)")
+
+
+@dataclass
+class RunConfig:
+    name: str = _f("", "run name; '' = <preset>-<date>-<time>")
+    dir: str = _f("runs", "parent folder of run folders")
+    checkpoint_every: int = _f(0, "also checkpoint every k steps (0 = at epoch ends only)")
+    keep_last: int = _f(3, "checkpoints to keep (plus best.h5)")
+    threads: int = _f(0, "BLAS threads per rank (0 = cores per node / ranks per node)")
+    progress: bool = _f(True, "tqdm progress bar on rank 0 (only when on a terminal)")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    preset: str = ""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_SECTION_CLASSES = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig,
+                    "schedule": ScheduleConfig, "train": TrainConfig, "run": RunConfig}
+
+
+# -- typed assignment ------------------------------------------------------------------------
+def _check_type(key: str, value, expected: type, where: str):
+    """Return ``value`` as the field's type or raise one line naming the key."""
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+    if not ok:
+        name = {int: "an integer", float: "a number", bool: "true or false",
+                str: "a string", list: "a list"}[expected]
+        raise ExpectedError(f"{where}: {key} must be {name}, got {value!r}")
+    return value
+
+
+def _set(cfg: Config, key: str, value, where: str) -> None:
+    section, _, name = key.partition(".")
+    if section not in _SECTION_CLASSES or not name:
+        raise ExpectedError(f"{where}: unknown key '{key}' (sections: {', '.join(_SECTION_CLASSES)})")
+    types = {f.name: f.type for f in dataclasses.fields(_SECTION_CLASSES[section])}
+    if name not in types:
+        raise ExpectedError(f"{where}: unknown key '{key}' (known in [{section}]: "
+                            f"{', '.join(types)})")
+    expected = {"int": int, "float": float, "bool": bool, "str": str, "list": list}[types[name]]
+    setattr(getattr(cfg, section), name, _check_type(key, value, expected, where))
+
+
+def _apply_table(cfg: Config, table: dict, where: str) -> None:
+    for section, values in table.items():
+        if section == "preset":
+            continue
+        if not isinstance(values, dict):
+            raise ExpectedError(f"{where}: '{section}' must be a table like [{section}]")
+        for name, value in values.items():
+            _set(cfg, f"{section}.{name}", value, where)
+
+
+def read_file(path: Path) -> dict:
+    """Read a TOML preset or a saved config.json into a plain dict."""
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ExpectedError(f"{path}: cannot read config ({err.strerror or err})") from None
+    try:
+        return json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+        raise ExpectedError(f"{path}: not valid {path.suffix[1:].upper()}: {err}") from None
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """'optim.lr=0.05' -> ('optim.lr', 0.05); values are TOML values, bare words are strings."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ExpectedError(f"--set {text!r}: expected KEY=VALUE, e.g. --set optim.lr=0.05")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word such as cosine or runs/x
+    return key.strip(), value
+
+
+def load_config(preset: str | None = None, config_file: str | None = None,
+                overrides: list[str] = (), base: dict | None = None) -> Config:
+    """Resolve a config: defaults <- base dict (a checkpoint's) or preset/file <- overrides."""
+    cfg = Config()
+    if base is not None:
+        _apply_table(cfg, base, "checkpoint config")
+        cfg.preset = base.get("preset", "")
+    elif config_file:
+        path = Path(config_file)
+        _apply_table(cfg, read_file(path), str(path))
+        cfg.preset = read_file(path).get("preset", "") or path.stem
+    else:
+        name = preset or DEFAULT_PRESET
+        path = CONFIG_DIR / f"{name}.toml"
+        if not path.exists():
+            known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.toml")))
+            raise ExpectedError(f"--preset {name}: no such preset (known: {known})")
+        _apply_table(cfg, read_file(path), str(path.relative_to(CONFIG_DIR.parents[1])))
+        cfg.preset = name
+    for text in overrides:
+        key, value = parse_override(text)
+        _set(cfg, key, value, f"--set {key}")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Impossible values, one line each. (Rank-count checks live in dist.train.)"""
+    def need(cond: bool, key: str, value, why: str):
+        if not cond:
+            raise ExpectedError(f"{key}={value!r}: {why}")
+
+    m, d, o, s, t, r = cfg.model, cfg.data, cfg.optim, cfg.schedule, cfg.train, cfg.run
+    need(isinstance(m.layers, list) and len(m.layers) > 0 and
+         all(isinstance(x, dict) for x in m.layers), "model.layers", m.layers,
+         "must be a non-empty list of layer tables")
+    need(m.loss in ("xent", "mse"), "model.loss", m.loss, "must be 'xent' or 'mse'")
+    need(0 <= d.val_size <= 20000, "data.val_size", d.val_size, "must be in 0..20000")
+    need(math.isfinite(o.lr) and o.lr > 0, "optim.lr", o.lr, "must be a positive number")
+    need(0 <= o.momentum < 1, "optim.momentum", o.momentum, "must be in [0, 1)")
+    need(not o.nesterov or o.momentum > 0, "optim.nesterov", o.nesterov, "needs momentum > 0")
+    need(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
+    need(s.kind in ("constant", "step", "cosine"), "schedule.kind", s.kind,
+         "must be 'constant', 'step' or 'cosine'")
+    need(s.warmup_epochs >= 0, "schedule.warmup_epochs", s.warmup_epochs, "must be >= 0")
+    need(s.kind != "step" or s.step_epochs > 0, "schedule.step_epochs", s.step_epochs,
+         "must be > 0 when schedule.kind = 'step'")
+    need(0 < s.gamma <= 1, "schedule.gamma", s.gamma, "must be in (0, 1]")
+    need(0 <= s.min_lr <= o.lr, "schedule.min_lr", s.min_lr, "must be in [0, optim.lr]")
+    need(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
+    need(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
+    need(t.steps_per_epoch >= 0, "train.steps_per_epoch", t.steps_per_epoch, "must be >= 0")
+    need(t.patience >= 0, "train.patience", t.patience, "must be >= 0")
+    need(t.eval_test_every >= 0, "train.eval_test_every", t.eval_test_every, "must be >= 0")
+    need(r.checkpoint_every >= 0, "run.checkpoint_every", r.checkpoint_every, "must be >= 0")
+    need(r.keep_last >= 1, "run.keep_last", r.keep_last, "must be >= 1")
+    need(r.threads >= 0, "run.threads", r.threads, "must be >= 0")
+    need("/" not in r.name and r.name not in (".", ".."), "run.name", r.name,
+         "must be a plain folder name (use run.dir for the parent)")
+
+
+def help_text() -> str:
+    """All fields with defaults and meaning, for ``--help``."""
+    lines = ["config fields (override with --set SECTION.KEY=VALUE or --SECTION.KEY VALUE):"]
+    for section, cls in _SECTION_CLASSES.items():
+        for f in dataclasses.fields(cls):
+            default = "(from preset)" if f.default is None else repr(f.default)
+            lines.append(f"  {section}.{f.name:<16} {default:<14} {f.metadata['help']}")
+    return "\n".join(lines)

@@ -1,0 +1,108 @@
+"""Evaluate a model or a checkpoint: accuracy, loss and the confusion matrix.
+
+Used by the training loop (rank 0, at each epoch end) and on its own:
+
+    python -m dist.evaluate runs/<name>/best.h5            # test set
+    python -m dist.evaluate runs/<name> --split val --json  # newest checkpoint, validation split
+
+Single process; the checkpoint carries the model spec, so nothing else is needed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from core.losses import LOSSES, softmax
+from core.model import Model
+from data.errors import DataError
+from data.hdf5 import open_mnist
+from data.prepare import ensure_dataset
+from data.shards import normalize, read_split
+from dist.checkpoint import load_checkpoint
+from dist.comm import ExpectedError
+
+
+def predict_scores(model: Model, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """Network outputs for uint8 images (N, 28, 28), in eval mode, batch by batch. (N, 10)"""
+    out = np.empty((len(images), 10), dtype=np.float32)
+    for i in range(0, len(images), batch_size):
+        out[i:i + batch_size] = model.forward(normalize(images[i:i + batch_size]), train=False)
+    return out
+
+
+def scores_to_proba(scores: np.ndarray, loss: str) -> np.ndarray:
+    """Class probabilities: softmax of logits (xent), or sigmoid outputs normalised (mse)."""
+    if loss == "xent":
+        return softmax(scores)
+    clipped = np.clip(scores, 1e-7, None)
+    return clipped / clipped.sum(axis=1, keepdims=True)
+
+
+def evaluate(model: Model, images: np.ndarray, labels: np.ndarray, loss: str,
+             batch_size: int = 1000) -> dict:
+    """Mean loss, accuracy and confusion matrix (rows: true digit, columns: predicted)."""
+    scores = predict_scores(model, images, batch_size)
+    labels = labels.astype(np.int64)
+    total_loss, _ = LOSSES[loss](scores, labels, divisor=max(len(labels), 1))
+    predicted = scores.argmax(axis=1)
+    confusion = np.bincount(labels * 10 + predicted, minlength=100).reshape(10, 10)
+    return {"loss": float(total_loss), "acc": float((predicted == labels).mean()),
+            "n": int(len(labels)), "confusion": confusion.tolist()}
+
+
+def model_from_checkpoint(path, data_fingerprint: str | None = None):
+    """Rebuild the model a checkpoint records and load its weights. Returns (model, ckpt)."""
+    ckpt = load_checkpoint(path, expect_fingerprint=data_fingerprint)
+    try:
+        model = Model(ckpt.spec, seed=0)
+    except ValueError as err:
+        raise ExpectedError(f"{ckpt.path}: cannot rebuild its model: {err}") from None
+    if (model.theta.size, model.state.size) != (ckpt.theta.size, ckpt.state.size):
+        raise ExpectedError(f"{ckpt.path}: parameter sizes do not match its own spec")
+    model.theta[...] = ckpt.theta
+    model.state[...] = ckpt.state
+    return model, ckpt
+
+
+def format_confusion(confusion) -> str:
+    rows = ["true\\pred " + " ".join(f"{d:>5}" for d in range(10))]
+    for digit, row in enumerate(confusion):
+        rows.append(f"{digit:>9} " + " ".join(f"{v:>5}" for v in row))
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dist.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="checkpoint file or run folder (newest checkpoint)")
+    parser.add_argument("--split", choices=("test", "val"), default="test")
+    parser.add_argument("--data", default="", help="MNIST HDF5 file (default: the run's)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = parser.parse_args(argv)
+    try:
+        ckpt_config = load_checkpoint(args.checkpoint).config
+        data_cfg = ckpt_config.get("data", {})
+        path = ensure_dataset(args.data or data_cfg.get("path") or None, quiet=True)
+        fingerprint = open_mnist(path).fingerprint
+        model, ckpt = model_from_checkpoint(args.checkpoint, fingerprint)
+        images, labels, _ = read_split(path, args.split, split_seed=data_cfg.get("split_seed", 0),
+                                       val_size=data_cfg.get("val_size", 5000))
+        result = evaluate(model, images, labels, ckpt_config["model"]["loss"])
+    except (ExpectedError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    result.update(checkpoint=str(ckpt.path), split=args.split, epoch=ckpt.epoch)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{ckpt.path} on {args.split} ({result['n']} images): accuracy "
+              f"{100 * result['acc']:.2f}%  loss {result['loss']:.4f}")
+        print(format_confusion(result["confusion"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
