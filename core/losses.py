@@ -18,7 +18,9 @@ Tested by tests/test_core_gradcheck.py (both losses in float64).
 import numpy as np
 
 
-def _check(outputs, labels):
+def _check(outputs, labels, divisor):
+    if not divisor > 0:
+        raise ValueError(f"loss: divisor (the global batch size) must be > 0, got {divisor!r}")
     if outputs.ndim != 2:
         raise ValueError(f"loss: outputs must be (B, K), got shape {outputs.shape}")
     labels = np.asarray(labels)
@@ -40,7 +42,7 @@ def softmax(logits):
 
 def softmax_cross_entropy(logits, labels, divisor):
     """Fused softmax + cross-entropy.  logits (B, K), labels int (B,) -> (loss, dlogits)."""
-    labels = _check(logits, labels)
+    labels = _check(logits, labels, divisor)
     rows = np.arange(len(labels))
     z = logits - logits.max(axis=1, keepdims=True)         # (B, K), max entry is 0
     e = np.exp(z)
@@ -55,7 +57,7 @@ def softmax_cross_entropy(logits, labels, divisor):
 
 def mse(outputs, labels, divisor):
     """0.5 * ||y - onehot||^2 per sample, summed over the local batch, / divisor."""
-    labels = _check(outputs, labels)
+    labels = _check(outputs, labels, divisor)
     diff = outputs.copy()                                  # (B, K) = y - onehot
     diff[np.arange(len(labels)), labels] -= 1
     loss = 0.5 * float(np.sum(diff * diff, dtype=np.float64)) / divisor

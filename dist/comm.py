@@ -32,7 +32,16 @@ from mpi4py import MPI
 
 
 class ExpectedError(Exception):
-    """An error the user can fix (bad config, bad data, NaN loss): one line, exit code 2."""
+    """An error the user can fix (bad config, bad data, NaN loss): one line, exit code 2.
+
+    ``everywhere=True`` means every rank raises it at the same point (``agree`` does that, and
+    so does a check on values all ranks share); then rank 0 alone reports it and all ranks exit
+    cleanly. Raised on one rank only, it ends the whole job with MPI Abort instead, because the
+    other ranks would otherwise wait forever in their next collective."""
+
+    def __init__(self, message: str, everywhere: bool = False):
+        super().__init__(message)
+        self.everywhere = everywhere
 
 
 # While waiting on a non-blocking request, sleep this long between polls. Short enough to add
@@ -93,7 +102,7 @@ class Comm:
         carrying the message of the lowest failing rank (so it is printed once, by rank 0)."""
         if self.size == 1:
             if not ok:
-                raise ExpectedError(message)
+                raise ExpectedError(message, everywhere=True)
             return
         flags = np.array([0 if ok else 1], dtype=np.int32)
         self.allreduce_sum_(flags)
@@ -101,7 +110,7 @@ class Comm:
             return
         messages = self.world.allgather(None if ok else message)
         first = next(m for m in messages if m is not None)
-        raise ExpectedError(first)
+        raise ExpectedError(first, everywhere=True)
 
     def abort(self, code: int = 1) -> None:
         self.world.Abort(code)
@@ -131,6 +140,9 @@ def run_main(main, argv=None) -> int:
     try:
         main(comm, argv)
     except ExpectedError as err:
+        if comm.size > 1 and not err.everywhere:
+            print(f"error: {err} (rank {comm.rank})", file=sys.stderr, flush=True)
+            comm.abort(2)
         if comm.is_root:
             print(f"error: {err}", file=sys.stderr, flush=True)
         return 2

@@ -100,6 +100,15 @@ def blas_threads(comm: Comm, requested: int) -> int:
     return requested or max(1, cores // comm.local_size)
 
 
+def prepare_data(cfg) -> str:
+    """The HDF5 file to train on: a named file must exist; the default is prepared on first use."""
+    if cfg.data.path and not Path(cfg.data.path).is_file():
+        raise ExpectedError(f"data.path={cfg.data.path}: no such file (prepare it with "
+                            f"`python -m data.prepare --out {cfg.data.path}`, or leave "
+                            f"data.path empty to use the per-user cache)")
+    return str(ensure_dataset(cfg.data.path or None, cfg.data.source or None))
+
+
 def make_run_dir(cfg, comm: Comm) -> Path:
     """Create runs/<name> for a fresh run; refuse to reuse one that holds checkpoints."""
     name = cfg.run.name or f"{cfg.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -143,8 +152,7 @@ def main(comm: Comm, argv=None) -> None:
     threadpool_limits(threads)
 
     # -- data: rank 0 prepares MNIST on first use, everyone validates the same file ----------
-    data_path = on_root(comm, lambda: str(ensure_dataset(cfg.data.path or None,
-                                                         cfg.data.source or None)))
+    data_path = on_root(comm, prepare_data, cfg)
     fingerprint = collectively(comm, lambda: open_mnist(data_path).fingerprint)
     train_idx, _ = split_train_val(cfg.data.split_seed, cfg.data.val_size)
     steps = steps_per_epoch(len(train_idx), batch)
@@ -235,7 +243,7 @@ def main(comm: Comm, argv=None) -> None:
             if not np.isfinite(np.dot(model.grad, model.grad)):
                 raise ExpectedError(f"non-finite loss/gradient at epoch {epoch + 1} step {k + 1} "
                                     f"(lr {lr:.3g}); no checkpoint written from it. Try a "
-                                    f"smaller optim.lr or run with --debug")
+                                    f"smaller optim.lr or run with --debug", everywhere=True)
             opt.step(model.theta, model.grad, lr)
             global_step += 1
             totals += (loss * batch, (out.argmax(axis=1) == y).sum(), len(y))

@@ -1,0 +1,170 @@
+"""The Model: a stack of layers built from a spec, with all parameters in one flat arena.
+
+    from core.model import Model
+    m = Model([{"type": "flatten"}, {"type": "dense", "out": 100}, {"type": "sigmoid"},
+               {"type": "dense", "out": 10}, {"type": "sigmoid"}])
+    print(m.summary())
+
+The arena.  `theta` is ONE contiguous vector of every trainable number; `grad` has the
+same layout; each layer's W, b (and dW, db) are reshaped views into them.  So the
+allreduce of a step is one call on `grad`, the optimizer works on two flat vectors, and a
+checkpoint stores a handful of arrays.  `state` holds the non-trainable BatchNorm running
+statistics the same way.  Views must never be rebound -- tests/test_core_arena.py checks.
+
+Initialization (seeded by `seed` through np.random.default_rng): a weight followed --
+possibly after batchnorm, maxpool, dropout or flatten -- by a ReLU gets He-normal,
+std = sqrt(2 / fan_in); anything else (sigmoid, tanh, the final linear layer) gets
+Glorot-normal, std = sqrt(2 / (fan_in + fan_out)).  Biases 0, BN gamma 1, beta 0,
+running mean 0, running var 1.
+
+Noise: `forward(x, train=True, noise=...)` needs `noise(stream, shape)` returning
+float32 uniforms (B, *shape) when the model has dropout; each Dropout layer asks with its
+own index as the stream.  Build it with core.keyed_random.keyed_noise(seed, epoch, idx).
+
+Probabilities: `predict_proba(x)` = softmax(forward(x, train=False)), in chunks (the
+im2col buffers grow with the batch).  For an MSE/sigmoid net the softmax is only a
+monotone squashing of its outputs: use the argmax (`predict`).
+Tested by tests/test_core_arena.py, tests/test_core_spec.py, tests/test_core_learns.py.
+"""
+import numpy as np
+
+from core.losses import softmax
+from core.norm import BatchNorm, identity_reduce
+from core.spec import build_layers, check_input_shape
+
+_ACTIVATIONS = ("relu", "sigmoid", "tanh")
+_TRANSPARENT = ("batchnorm", "maxpool", "dropout", "flatten")   # skipped when looking for one
+
+
+class Model:
+    def __init__(self, spec, input_shape=(28, 28, 1), seed=0, dtype=np.float32, reduce=None):
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
+        self.input_shape = check_input_shape(input_shape)
+        self.seed = seed
+        self.spec, self.layers = build_layers(spec, self.input_shape)
+        self.output_shape = self.layers[-1].out_shape
+
+        # --- the arena: one vector each for params, grads, weight-decay mask, state ------
+        n_params = sum(int(np.prod(s)) for l in self.layers for s in l.param_shapes.values())
+        n_state = sum(int(np.prod(s)) for l in self.layers for s in l.state_shapes.values())
+        self.theta = np.zeros(n_params, self.dtype)
+        self.grad = np.zeros(n_params, self.dtype)
+        self.decay_mask = np.zeros(n_params, self.dtype)
+        self.state = np.zeros(n_state, self.dtype)
+        p = s = 0
+        for layer in self.layers:
+            for name, shape in layer.param_shapes.items():
+                n = int(np.prod(shape))
+                layer.bind(name, self.theta[p:p + n].reshape(shape), self.grad[p:p + n].reshape(shape))
+                if name in layer.decay:
+                    self.decay_mask[p:p + n] = 1
+                p += n
+            for name, shape in layer.state_shapes.items():
+                n = int(np.prod(shape))
+                layer.bind_state(name, self.state[s:s + n].reshape(shape))
+                s += n
+
+        # Backward stops at the first layer with parameters: nobody needs dL/dimage.
+        with_params = [i for i, l in enumerate(self.layers) if l.param_shapes]
+        self._first_param = with_params[0] if with_params else len(self.layers)
+        self.reduce = reduce
+        self._train_cache = False
+        self._init_params(seed)
+
+    # --- the cross-rank sum used by BatchNorm ----------------------------------------------
+    @property
+    def reduce(self):
+        return self._reduce
+
+    @reduce.setter
+    def reduce(self, fn):
+        self._reduce = identity_reduce if fn is None else fn
+        for layer in self.layers:
+            if isinstance(layer, BatchNorm):
+                layer.reduce = self._reduce
+
+    # --- initialization ------------------------------------------------------------------
+    def _next_activation(self, i):
+        for layer in self.layers[i + 1:]:
+            if layer.type_name in _ACTIVATIONS:
+                return layer.type_name
+            if layer.type_name not in _TRANSPARENT:
+                return None
+        return None
+
+    def _init_params(self, seed):
+        rng = np.random.default_rng(seed)
+        for i, layer in enumerate(self.layers):
+            if "W" in layer.params:
+                fan_in, fan_out = layer.fans()
+                if self._next_activation(i) == "relu":
+                    std = np.sqrt(2.0 / fan_in)                 # He et al. 2015
+                else:
+                    std = np.sqrt(2.0 / (fan_in + fan_out))     # Glorot & Bengio 2010
+                layer.W[...] = rng.standard_normal(layer.W.shape) * std
+            if "gamma" in layer.params:
+                layer.gamma[...] = 1
+            if "running_var" in layer.state:
+                layer.running_var[...] = 1
+
+    # --- forward and backward --------------------------------------------------------------
+    def forward(self, x, train, noise=None):
+        """x (B, *input_shape) -> outputs (B, *output_shape); train=True caches for backward."""
+        x = np.asarray(x)
+        if x.shape[1:] != self.input_shape:
+            raise ValueError(f"model input must have shape (B, {', '.join(map(str, self.input_shape))}), "
+                             f"got {x.shape}")
+        x = x.astype(self.dtype, copy=False)
+        for layer in self.layers:
+            x = layer.forward(x, train, noise) if layer.needs_noise else layer.forward(x, train)
+        self._train_cache = bool(train)
+        return x
+
+    def backward(self, dout, input_grad=False):
+        """Fill ALL of self.grad (overwriting) from dL/doutputs of the last train forward.
+        With input_grad=True also return dL/dx (gradient checks use it)."""
+        if not self._train_cache:
+            raise RuntimeError("Model.backward needs a preceding forward(x, train=True)")
+        d = np.asarray(dout, self.dtype)
+        start = 0 if input_grad else self._first_param
+        if self._first_param < len(self.layers):
+            self.layers[self._first_param].need_dx = input_grad
+        for layer in reversed(self.layers[start:]):
+            d = layer.backward(d)
+        return d if input_grad else None
+
+    def predict_proba(self, x, batch_size=500):
+        """softmax(forward(x, train=False)), computed in chunks of batch_size samples."""
+        out = [softmax(self.forward(x[i:i + batch_size], False)) for i in range(0, len(x), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0,) + self.output_shape, self.dtype)
+
+    def predict(self, x, batch_size=500):
+        """Predicted class per sample, int (B,)."""
+        return self.predict_proba(x, batch_size).argmax(axis=1)
+
+    # --- description ---------------------------------------------------------------------
+    def describe(self):
+        """Sizes and forward cost per sample; JSON-serializable."""
+        layers = []
+        for layer in self.layers:
+            layers.append({"index": layer.index, "type": layer.type_name,
+                           "out_shape": list(layer.out_shape),
+                           "params": sum(int(np.prod(s)) for s in layer.param_shapes.values()),
+                           "flops": int(layer.flops(layer.input_shape))})
+        return {"input_shape": list(self.input_shape), "params": int(self.theta.size),
+                "state": int(self.state.size),
+                "flops_per_sample": sum(l["flops"] for l in layers), "layers": layers}
+
+    def summary(self):
+        """A printable table of describe()."""
+        d = self.describe()
+        rows = [f"{'#':>3}  {'layer':<10} {'output':<16} {'params':>10} {'FLOPs':>12}",
+                f"{'':>3}  {'input':<10} {str(tuple(d['input_shape'])):<16}"]
+        for l in d["layers"]:
+            rows.append(f"{l['index']:>3}  {l['type']:<10} {str(tuple(l['out_shape'])):<16} "
+                        f"{l['params']:>10,} {l['flops']:>12,}")
+        rows.append(f"total: {d['params']:,} params, {d['state']:,} state, "
+                    f"{d['flops_per_sample']:,} FLOPs/sample forward")
+        return "\n".join(rows)

@@ -1,0 +1,73 @@
+"""SGD with momentum (heavy-ball or Nesterov) and masked weight decay, on flat vectors.
+
+One step, with g the summed-and-divided gradient from the allreduce (PyTorch's convention,
+so published hyper-parameters carry over):
+
+    g  = grad + weight_decay * decay_mask * theta    # L2 on weights only, not biases / BN
+    v  = momentum * v + g
+    theta -= lr * v                                  # heavy ball (Polyak)
+    theta -= lr * (g + momentum * v)                 # Nesterov (Sutskever et al. 2013 form)
+
+The learning rate is applied at the update, not folded into v, so changing lr (schedules,
+warmup) does not rescale the remembered velocity.  Everything is in place on the model's
+arena; the only other memory is `velocity` and one scratch vector, both allocated once.
+`velocity` is what a checkpoint saves: restore it with opt.velocity[...] = saved.
+
+    opt = SGD(model.theta.size, momentum=0.9, weight_decay=5e-4, decay_mask=model.decay_mask)
+    opt.step(model.theta, model.grad, lr)
+Tested by tests/test_core_optim.py.
+"""
+import math
+import numbers
+
+import numpy as np
+
+
+class SGD:
+    def __init__(self, size, momentum=0.9, nesterov=False, weight_decay=0.0, decay_mask=None,
+                 dtype=np.float32):
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 0:
+            raise ValueError(f"SGD: size must be a non-negative int, got {size!r}")
+        if not (isinstance(momentum, numbers.Real) and not isinstance(momentum, bool) and 0 <= momentum < 1):
+            raise ValueError(f"SGD: momentum must be in [0, 1), got {momentum!r}")
+        if not (isinstance(weight_decay, numbers.Real) and math.isfinite(weight_decay) and weight_decay >= 0):
+            raise ValueError(f"SGD: weight_decay must be a finite number >= 0, got {weight_decay!r}")
+        if nesterov and momentum == 0:
+            raise ValueError("SGD: nesterov=True requires momentum > 0")
+        self.size, self.momentum, self.nesterov = int(size), float(momentum), bool(nesterov)
+        self.weight_decay = float(weight_decay)
+        self.dtype = np.dtype(dtype)
+        if decay_mask is None:
+            self.decay_mask = np.ones(self.size, self.dtype)       # decay everything
+        else:
+            self.decay_mask = np.asarray(decay_mask, self.dtype)
+            if self.decay_mask.shape != (self.size,):
+                raise ValueError(f"SGD: decay_mask must have shape ({self.size},), got {self.decay_mask.shape}")
+        self.velocity = np.zeros(self.size, self.dtype)
+        self._scratch = np.empty(self.size, self.dtype)
+
+    def step(self, theta, grad, lr):
+        """One in-place update of theta (grad is not modified)."""
+        if not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr >= 0):
+            raise ValueError(f"SGD: lr must be a finite number >= 0, got {lr!r}")
+        if theta.shape != (self.size,) or grad.shape != (self.size,):
+            raise ValueError(f"SGD: theta and grad must have shape ({self.size},), "
+                             f"got {theta.shape} and {grad.shape}")
+        dt = self.dtype.type
+        g, v, mu = self._scratch, self.velocity, dt(self.momentum)
+        if self.weight_decay:
+            np.multiply(theta, self.decay_mask, out=g)             # g = wd * mask * theta + grad
+            g *= dt(self.weight_decay)
+            g += grad
+        else:
+            g[...] = grad
+        v *= mu                                                    # v = mu v + g
+        v += g
+        if self.nesterov:                                          # theta -= lr (g + mu v)
+            g *= dt(lr)
+            theta -= g
+            np.multiply(v, dt(lr * self.momentum), out=g)
+            theta -= g
+        else:                                                      # theta -= lr v
+            np.multiply(v, dt(lr), out=g)
+            theta -= g

@@ -1,0 +1,67 @@
+"""Learning-rate schedules: pure functions lr(step), so a resumed run needs only the step.
+
+    lr = make_schedule("cosine", base_lr=0.1, total_steps=10_000, warmup_steps=500)
+    lr(0), lr(500), lr(10_000)      # 0.0002, 0.1, 0.0
+
+Kinds (step counts from 0):
+  constant  base_lr
+  step      base_lr * gamma ** (step // step_size)   (milestones on the absolute step,
+                                                      as in epoch-based step decay)
+  cosine    min_lr + (base_lr - min_lr) * (1 + cos(pi * t)) / 2 with t going 0 -> 1 from the
+            end of warmup to total_steps; min_lr after total_steps
+Warmup (Goyal et al. 2017, "Accurate, large minibatch SGD"): for step < warmup_steps the
+schedule is replaced by the linear ramp base_lr * (step + 1) / (warmup_steps + 1), which
+starts near 0 and joins the main schedule at base_lr.  It is what makes the linear
+scaling rule (lr proportional to the global batch) survive the first epochs.
+Tested by tests/test_core_optim.py.
+"""
+import math
+import numbers
+
+KINDS = ("constant", "step", "cosine")
+
+
+def _is_int(v):
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)   # numpy ints too
+
+
+def _is_num(v):
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def make_schedule(kind, base_lr, total_steps, warmup_steps=0, step_size=None, gamma=0.1, min_lr=0.0):
+    """Validate the arguments once and return lr(step) -> float."""
+    if kind not in KINDS:
+        raise ValueError(f"schedule: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if not (_is_num(base_lr) and base_lr >= 0):
+        raise ValueError(f"schedule: base_lr must be a finite number >= 0, got {base_lr!r}")
+    if not (_is_int(total_steps) and total_steps >= 1):
+        raise ValueError(f"schedule: total_steps must be an int >= 1, got {total_steps!r}")
+    if not (_is_int(warmup_steps) and 0 <= warmup_steps <= total_steps):
+        raise ValueError(f"schedule: warmup_steps must be an int in [0, total_steps={total_steps}], "
+                         f"got {warmup_steps!r}")
+    if kind == "step":
+        if not (_is_int(step_size) and step_size >= 1):
+            raise ValueError(f"schedule: step_size must be an int >= 1 for kind 'step', got {step_size!r}")
+        if not (_is_num(gamma) and 0 < gamma <= 1):
+            raise ValueError(f"schedule: gamma must be in (0, 1], got {gamma!r}")
+    if kind == "cosine" and not (_is_num(min_lr) and 0 <= min_lr <= base_lr):
+        raise ValueError(f"schedule: min_lr must be in [0, base_lr={base_lr}], got {min_lr!r}")
+
+    def main(step):
+        if kind == "constant":
+            return base_lr
+        if kind == "step":
+            return base_lr * gamma ** (step // step_size)
+        span = max(total_steps - warmup_steps, 1)
+        t = min(max(step - warmup_steps, 0) / span, 1.0)
+        return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+    def lr(step):
+        if not _is_int(step) or step < 0:
+            raise ValueError(f"schedule: step must be an int >= 0, got {step!r}")
+        if step < warmup_steps:
+            return float(base_lr * (step + 1) / (warmup_steps + 1))
+        return float(main(step))
+
+    return lr

@@ -1,0 +1,89 @@
+"""Helpers for the tests that start real training jobs (`python -m dist.train`, `mpirun -n N`).
+
+Every job runs as a subprocess with a timeout, so a hang fails the test instead of blocking CI.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+MPIRUN = str(Path(sys.executable).parent / "mpirun") \
+    if (Path(sys.executable).parent / "mpirun").exists() else shutil.which("mpirun")
+
+# A small network with every kind of randomness and cross-rank coupling the invariants care
+# about: batch norm (synchronised statistics) and dropout (masks keyed by global sample index).
+SMALL_LAYERS = ('[{type="conv",out=4,kernel=3,pad=1},{type="batchnorm"},{type="relu"},'
+                '{type="maxpool",kernel=2},{type="flatten"},{type="dense",out=32},'
+                '{type="batchnorm"},{type="relu"},{type="dropout",p=0.3},{type="dense",out=10}]')
+
+
+def small_run_args(data: Path, run_dir: Path, name: str, *extra: str) -> list[str]:
+    """Arguments of a short run: 2 epochs of 12 steps, global batch 62 (uneven over 4 ranks)."""
+    return ["--preset", "cnn", "--set", f"model.layers={SMALL_LAYERS}",
+            "--set", f"data.path={data}", "--set", "data.val_size=1000",
+            "--set", "train.batch_size=62", "--set", "train.epochs=2",
+            "--set", "train.steps_per_epoch=12", "--set", "train.eval_test_every=0",
+            "--set", "optim.lr=0.05", "--set", "run.threads=1", "--set", "run.progress=false",
+            "--set", f"run.dir={run_dir}", "--set", f"run.name={name}", *extra]
+
+
+def env() -> dict:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
+    e.pop("MPIGRAD_DATA", None)
+    return e
+
+
+def train_command(ranks: int, args: list[str], module: str = "dist.train") -> list[str]:
+    """``python -m dist.train`` for 1 rank (the debugging mode), ``mpirun -n N ...`` otherwise."""
+    cmd = [sys.executable, "-m", module, *args] if module.startswith("dist.") \
+        else [sys.executable, module, *args]
+    return cmd if ranks == 1 else [MPIRUN, "-n", str(ranks), *cmd]
+
+
+def run_job(ranks: int, args: list[str], timeout: float = 120, module: str = "dist.train"):
+    return subprocess.run(train_command(ranks, args, module), cwd=REPO, env=env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start_job(ranks: int, args: list[str], module: str = "dist.train") -> subprocess.Popen:
+    return subprocess.Popen(train_command(ranks, args, module), cwd=REPO, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def theta_of(path: Path) -> np.ndarray:
+    with h5py.File(path, "r") as f:
+        return f["theta"][...]
+
+
+def rel_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a.astype(np.float64) - b) / np.linalg.norm(b.astype(np.float64)))
+
+
+def rank_pids(marker: str) -> list[int]:
+    """PIDs of the MPI ranks (children of hydra's proxy) whose command line contains marker."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            parent = (Path("/proc") / str(ppid) / "comm").read_text().strip()
+        except (OSError, ValueError, IndexError):
+            continue
+        if marker in cmdline and "proxy" in parent:
+            pids.append(int(proc.name))
+    return sorted(pids)
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [ln for ln in stderr.splitlines() if ln.strip()]

@@ -1,0 +1,81 @@
+"""Config loading and validation, in process: every mistake is one line that names the key."""
+import json
+
+import pytest
+
+from dist.comm import ExpectedError
+from dist.config import CONFIG_DIR, help_text, load_config, parse_override
+
+
+def test_every_preset_loads_and_validates():
+    names = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+    assert {"classic", "mlp", "cnn"} <= set(names)
+    for name in names:
+        cfg = load_config(name)
+        assert cfg.preset == name and cfg.model.layers
+
+
+def test_default_preset_is_cnn():
+    assert load_config().preset == "cnn"
+
+
+def test_overrides_are_typed_toml_values():
+    cfg = load_config("mlp", overrides=["optim.lr=0.5", "train.epochs=3", "optim.nesterov=false",
+                                        "schedule.kind=step", "schedule.step_epochs=2",
+                                        "model.layers=[{type='flatten'},{type='dense',out=10}]"])
+    assert cfg.optim.lr == 0.5 and cfg.train.epochs == 3 and cfg.optim.nesterov is False
+    assert cfg.schedule.kind == "step"
+    assert cfg.model.layers == [{"type": "flatten"}, {"type": "dense", "out": 10}]
+    assert parse_override("run.dir=runs/x") == ("run.dir", "runs/x")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lrr=0.1", "unknown key 'optim.lrr'"),
+    ("optimizer.lr=0.1", "unknown key 'optimizer.lr'"),
+    ("train.epochs=abc", "train.epochs must be an integer, got 'abc'"),
+    ("train.epochs=2.5", "train.epochs must be an integer"),
+    ("optim.nesterov=1", "optim.nesterov must be true or false"),
+    ("optim.lr=-1", "optim.lr=-1.0: must be a positive number"),
+    ("optim.momentum=1.0", "optim.momentum=1.0: must be in [0, 1)"),
+    ("train.batch_size=0", "train.batch_size=0: must be >= 1"),
+    ("schedule.kind=linear", "schedule.kind='linear'"),
+    ("model.loss=hinge", "model.loss='hinge'"),
+    ("model.layers=[]", "model.layers=[]"),
+    ("run.name=a/b", "run.name='a/b'"),
+    ("optim.lr", "expected KEY=VALUE"),
+])
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ExpectedError) as err:
+        load_config("cnn", overrides=[override])
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_key_in_a_file_names_the_file(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('[optim]\nlearning_rate = 0.1\n')
+    with pytest.raises(ExpectedError, match=r"mine.toml: unknown key 'optim.learning_rate'"):
+        load_config(config_file=str(path))
+    path.write_text('[optim\n')
+    with pytest.raises(ExpectedError, match=r"mine.toml: not valid TOML"):
+        load_config(config_file=str(path))
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(ExpectedError, match=r"--preset nope: no such preset \(known: .*cnn"):
+        load_config("nope")
+
+
+def test_saved_config_json_reproduces_the_run_config(tmp_path):
+    cfg = load_config("classic", overrides=["optim.lr=0.7"])
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg.to_dict()))
+    again = load_config(config_file=str(path))
+    assert again.to_dict() == cfg.to_dict()
+
+
+def test_help_lists_every_field():
+    text = help_text()
+    for key in ("optim.lr", "train.batch_size", "schedule.warmup_epochs", "run.threads",
+                "data.val_size", "model.layers"):
+        assert key in text
