@@ -156,6 +156,15 @@ def load_checkpoint(path: str | Path, expect_spec: list | None = None,
     if ckpt.velocity.size != ckpt.theta.size:
         raise ExpectedError(f"{path}: /velocity has {ckpt.velocity.size} entries, /theta "
                             f"{ckpt.theta.size}")
+    check_compatible(ckpt, expect_spec, expect_sizes, expect_fingerprint)
+    return ckpt
+
+
+def check_compatible(ckpt: Checkpoint, expect_spec: list | None = None,
+                     expect_sizes: tuple[int, int] | None = None,
+                     expect_fingerprint: str | None = None) -> None:
+    """Refuse a checkpoint of another architecture or trained on other data."""
+    path = ckpt.path
     if expect_spec is not None and ckpt.spec != expect_spec:
         raise ExpectedError(f"{path}: checkpoint is of another architecture "
                             f"({_describe_spec_difference(ckpt.spec, expect_spec)})")
@@ -166,7 +175,6 @@ def load_checkpoint(path: str | Path, expect_spec: list | None = None,
         raise ExpectedError(f"{path}: trained on other data (fingerprint "
                             f"{ckpt.data_fingerprint[:12]}..., this data file "
                             f"{expect_fingerprint[:12]}...)")
-    return ckpt
 
 
 def _main(argv: list[str]) -> int:

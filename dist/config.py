@@ -111,7 +111,7 @@ def _check_type(key: str, value, expected: type, where: str):
     return value
 
 
-def _set(cfg: Config, key: str, value, where: str) -> None:
+def _set(cfg: Config, key: str, value, where: str, raw: str | None = None) -> None:
     section, _, name = key.partition(".")
     if section not in _SECTION_CLASSES or not name:
         raise ExpectedError(f"{where}: unknown key '{key}' (sections: {', '.join(_SECTION_CLASSES)})")
@@ -120,6 +120,8 @@ def _set(cfg: Config, key: str, value, where: str) -> None:
         raise ExpectedError(f"{where}: unknown key '{key}' (known in [{section}]: "
                             f"{', '.join(types)})")
     expected = {"int": int, "float": float, "bool": bool, "str": str, "list": list}[types[name]]
+    if expected is str and raw is not None and not isinstance(value, str):
+        value = raw  # --set run.name=nan or =2024 means the text, not a number
     setattr(getattr(cfg, section), name, _check_type(key, value, expected, where))
 
 
@@ -145,8 +147,9 @@ def read_file(path: Path) -> dict:
         raise ExpectedError(f"{path}: not valid {path.suffix[1:].upper()}: {err}") from None
 
 
-def parse_override(text: str) -> tuple[str, object]:
-    """'optim.lr=0.05' -> ('optim.lr', 0.05); values are TOML values, bare words are strings."""
+def parse_override(text: str) -> tuple[str, object, str]:
+    """'optim.lr=0.05' -> ('optim.lr', 0.05, '0.05'): the value read as TOML (bare words are
+    strings), and the raw text for string fields."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ExpectedError(f"--set {text!r}: expected KEY=VALUE, e.g. --set optim.lr=0.05")
@@ -154,7 +157,7 @@ def parse_override(text: str) -> tuple[str, object]:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw  # a bare word such as cosine or runs/x
-    return key.strip(), value
+    return key.strip(), value, raw
 
 
 def load_config(preset: str | None = None, config_file: str | None = None,
@@ -177,8 +180,8 @@ def load_config(preset: str | None = None, config_file: str | None = None,
         _apply_table(cfg, read_file(path), str(path.relative_to(CONFIG_DIR.parents[1])))
         cfg.preset = name
     for text in overrides:
-        key, value = parse_override(text)
-        _set(cfg, key, value, f"--set {key}")
+        key, value, raw = parse_override(text)
+        _set(cfg, key, value, f"--set {key}", raw)
     validate(cfg)
     return cfg
 

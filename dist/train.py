@@ -34,7 +34,7 @@ from core.optim import SGD
 from core.schedules import make_schedule
 from data.errors import DataError
 from data.hdf5 import open_mnist
-from data.prepare import ensure_dataset
+from data.prepare import default_path, ensure_dataset
 from data.shards import normalize, read_epoch_shard, read_split, split_train_val, steps_per_epoch
 from dist import checkpoint as ck
 from dist.comm import Comm, ExpectedError, run_main
@@ -78,8 +78,6 @@ def collectively(comm: Comm, fn, *args, **kwargs):
         result, error = fn(*args, **kwargs), None
     except (ExpectedError, DataError) as err:
         result, error = None, str(err)
-    except ValueError as err:  # core/ reports bad specs and optimizer arguments this way
-        result, error = None, f"model/optimizer: {err}"
     comm.agree(error is None, error or "")
     return result
 
@@ -100,16 +98,41 @@ def blas_threads(comm: Comm, requested: int) -> int:
     return requested or max(1, cores // comm.local_size)
 
 
+def build_model(cfg, comm: Comm) -> Model:
+    """Every rank builds the same model from the same seed; batch norm sums across ranks."""
+    try:
+        return Model(cfg.model.layers, seed=cfg.train.seed, reduce=comm.allreduce_sum)
+    except ValueError as err:  # core/ names the layer and the key
+        raise ExpectedError(f"model.layers: {err}") from None
+
+
+def build_optimizer(cfg, model: Model, steps: int):
+    """SGD on the flat arena and the learning rate as a pure function of the global step."""
+    try:
+        opt = SGD(model.theta.size, momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov,
+                  weight_decay=cfg.optim.weight_decay, decay_mask=model.decay_mask)
+        lr_at = make_schedule(cfg.schedule.kind, cfg.optim.lr,
+                              total_steps=cfg.train.epochs * steps,
+                              warmup_steps=round(cfg.schedule.warmup_epochs * steps),
+                              step_size=max(cfg.schedule.step_epochs, 1) * steps,
+                              gamma=cfg.schedule.gamma, min_lr=cfg.schedule.min_lr)
+    except ValueError as err:
+        raise ExpectedError(f"optim/schedule: {err}") from None
+    return opt, lr_at
+
+
 def prepare_data(cfg) -> str:
     """The HDF5 file to train on: a named file must exist; the default is prepared on first use."""
     if cfg.data.path and not Path(cfg.data.path).is_file():
         raise ExpectedError(f"data.path={cfg.data.path}: no such file (prepare it with "
                             f"`python -m data.prepare --out {cfg.data.path}`, or leave "
                             f"data.path empty to use the per-user cache)")
-    return str(ensure_dataset(cfg.data.path or None, cfg.data.source or None))
+    path = Path(cfg.data.path) if cfg.data.path else default_path()
+    # Quiet when the file is there already; show progress when it is being prepared.
+    return str(ensure_dataset(path, cfg.data.source or None, quiet=path.is_file()))
 
 
-def make_run_dir(cfg, comm: Comm) -> Path:
+def make_run_dir(cfg) -> Path:
     """Create runs/<name> for a fresh run; refuse to reuse one that holds checkpoints."""
     name = cfg.run.name or f"{cfg.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.run.dir) / name
@@ -150,33 +173,30 @@ def main(comm: Comm, argv=None) -> None:
                f"ranks ({comm.size}): every rank needs at least one sample per batch")
     threads = blas_threads(comm, cfg.run.threads)
     threadpool_limits(threads)
-
-    # -- data: rank 0 prepares MNIST on first use, everyone validates the same file ----------
-    data_path = on_root(comm, prepare_data, cfg)
-    fingerprint = collectively(comm, lambda: open_mnist(data_path).fingerprint)
-    train_idx, _ = split_train_val(cfg.data.split_seed, cfg.data.val_size)
-    steps = steps_per_epoch(len(train_idx), batch)
-    comm.agree(steps > 0, f"train.batch_size={batch} is larger than the training set")
-    steps = min(steps, cfg.train.steps_per_epoch or steps)
+    # Overflow shows up as a non-finite gradient, which the loop reports in one clear line
+    # (and --debug pins to a layer); numpy's per-operation warnings would only add noise.
+    np.seterr(over="ignore", invalid="ignore", divide="ignore")
 
     # -- model and optimizer (every rank builds the same ones from the seed) ----------------
-    model = collectively(comm, Model, cfg.model.layers, seed=seed, reduce=comm.allreduce_sum)
+    model = collectively(comm, build_model, cfg, comm)
     cfg.model.layers = model.spec  # defaults filled in: this is what checkpoints compare
-    opt = collectively(comm, SGD, model.theta.size, momentum=cfg.optim.momentum,
-                       nesterov=cfg.optim.nesterov, weight_decay=cfg.optim.weight_decay,
-                       decay_mask=model.decay_mask)
+    # -- data: rank 0 prepares MNIST on first use, everyone validates the same file ----------
+    data_path = on_root(comm, prepare_data, cfg)
+    # rank 0's ensure_dataset has just checked the contents; the others check the structure
+    info = collectively(comm, open_mnist, data_path, deep=False)
+    fingerprint = info.fingerprint
+    train_idx, _ = split_train_val(cfg.data.split_seed, cfg.data.val_size, info.sizes["train"])
+    steps = collectively(comm, steps_per_epoch, len(train_idx), batch)
+    steps = min(steps, cfg.train.steps_per_epoch or steps)
+
+    opt, lr_at = collectively(comm, build_optimizer, cfg, model, steps)
     loss_fn = LOSSES[cfg.model.loss]
-    lr_at = collectively(comm, make_schedule, cfg.schedule.kind, cfg.optim.lr,
-                         total_steps=cfg.train.epochs * steps,
-                         warmup_steps=round(cfg.schedule.warmup_epochs * steps),
-                         step_size=max(cfg.schedule.step_epochs, 1) * steps,
-                         gamma=cfg.schedule.gamma, min_lr=cfg.schedule.min_lr)
 
     # -- where we start: fresh, or exactly where a checkpoint left off -----------------------
     epoch0, step0, global_step = 0, 0, 0
     best_acc, best_epoch, bad_epochs = -np.inf, -1, 0
     if resume is not None:
-        collectively(comm, ck.load_checkpoint, resume.path, expect_spec=model.spec,
+        collectively(comm, ck.check_compatible, resume, expect_spec=model.spec,
                      expect_sizes=(model.theta.size, model.state.size),
                      expect_fingerprint=fingerprint)
         model.theta[...], model.state[...] = resume.theta, resume.state
@@ -188,7 +208,7 @@ def main(comm: Comm, argv=None) -> None:
             trim_metrics(run_dir, epoch0)
     else:
         comm.bcast_array_(model.theta)  # identical already; guards against heterogeneous nodes
-        run_dir = Path(on_root(comm, lambda: str(make_run_dir(cfg, comm))))
+        run_dir = Path(on_root(comm, lambda: str(make_run_dir(cfg))))
         cfg.run.name = run_dir.name
 
     if comm.is_root:

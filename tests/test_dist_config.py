@@ -26,7 +26,9 @@ def test_overrides_are_typed_toml_values():
     assert cfg.optim.lr == 0.5 and cfg.train.epochs == 3 and cfg.optim.nesterov is False
     assert cfg.schedule.kind == "step"
     assert cfg.model.layers == [{"type": "flatten"}, {"type": "dense", "out": 10}]
-    assert parse_override("run.dir=runs/x") == ("run.dir", "runs/x")
+    assert parse_override("run.dir=runs/x")[:2] == ("run.dir", "runs/x")
+    assert load_config("cnn", overrides=["run.name=nan"]).run.name == "nan"
+    assert load_config("cnn", overrides=["run.name=2024"]).run.name == "2024"
 
 
 @pytest.mark.parametrize("override, message", [
