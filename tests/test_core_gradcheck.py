@@ -1,0 +1,134 @@
+"""Backprop vs central differences (float64) for every layer, both losses, whole models.
+
+    /work/venv/bin/pytest tests/test_core_gradcheck.py -q
+"""
+import numpy as np
+import pytest
+
+from core.gradcheck import check_layer, check_model, check_model_at
+from core.keyed_random import keyed_noise
+from core.losses import mse, softmax, softmax_cross_entropy
+from core.model import Model
+
+TOL = 1e-6
+
+LAYER_CASES = [
+    ({"type": "conv", "out": 3, "kernel": 3, "stride": 1, "pad": 1}, (6, 6, 1)),
+    ({"type": "conv", "out": 4, "kernel": 3, "stride": 1, "pad": 0}, (6, 5, 2)),
+    ({"type": "conv", "out": 4, "kernel": 3, "stride": 2, "pad": 0}, (7, 7, 2)),
+    ({"type": "conv", "out": 2, "kernel": 3, "stride": 2, "pad": 1}, (6, 7, 3)),
+    ({"type": "conv", "out": 5, "kernel": 2, "stride": 2, "pad": 1}, (5, 6, 3)),
+    ({"type": "conv", "out": 3, "kernel": 1, "stride": 1, "pad": 0}, (4, 4, 4)),
+    ({"type": "conv", "out": 2, "kernel": 5, "stride": 1, "pad": 2}, (5, 5, 2)),
+    ({"type": "conv", "out": 2, "kernel": 2, "stride": 1, "pad": 2}, (4, 3, 2)),   # pad > k-1: col2im
+    ({"type": "conv", "out": 3, "kernel": 3, "stride": 3, "pad": 1}, (7, 7, 1)),
+    ({"type": "maxpool", "kernel": 2}, (6, 6, 3)),
+    ({"type": "maxpool", "kernel": 3, "stride": 2}, (7, 7, 2)),      # overlapping windows
+    ({"type": "maxpool", "kernel": 2, "stride": 1}, (5, 5, 2)),
+    ({"type": "maxpool", "kernel": 3}, (7, 8, 2)),                   # ragged edge is dropped
+    ({"type": "batchnorm"}, (5,)),
+    ({"type": "batchnorm", "momentum": 0.5, "eps": 1e-3}, (4, 4, 3)),
+    ({"type": "dropout", "p": 0.5}, (10,)),
+    ({"type": "dropout", "p": 0.2}, (3, 3, 2)),
+    ({"type": "dense", "out": 5}, (7,)),
+    ({"type": "relu"}, (3, 4)),
+    ({"type": "sigmoid"}, (6,)),
+    ({"type": "tanh"}, (2, 3, 2)),
+    ({"type": "flatten"}, (2, 3, 4)),
+]
+
+
+@pytest.mark.parametrize("spec,shape", LAYER_CASES, ids=lambda v: str(v))
+def test_layer_gradients(spec, shape):
+    assert check_layer(spec, shape) < TOL
+
+
+def test_eval_mode_check_for_plain_layers():
+    assert check_layer({"type": "dense", "out": 3}, (4,), train=False) < TOL
+    with pytest.raises(ValueError, match="train mode"):
+        check_layer({"type": "batchnorm"}, (4,), train=False)
+
+
+def _numeric_loss_grad(loss, z, y, divisor, eps=1e-6):
+    num = np.zeros_like(z)
+    for i in np.ndindex(z.shape):
+        old = z[i]
+        z[i] = old + eps
+        lp = loss(z, y, divisor)[0]
+        z[i] = old - eps
+        lm = loss(z, y, divisor)[0]
+        z[i] = old
+        num[i] = (lp - lm) / (2 * eps)
+    return num
+
+
+@pytest.mark.parametrize("loss", [softmax_cross_entropy, mse])
+def test_loss_gradients(loss):
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((5, 4)) * 3
+    y = rng.integers(0, 4, 5)
+    value, d = loss(z, y, 7.0)
+    num = _numeric_loss_grad(loss, z, y, 7.0)
+    assert np.max(np.abs(d - num) / np.maximum(np.abs(d) + np.abs(num), 1e-3)) < TOL
+    assert d.dtype == z.dtype
+
+
+def test_loss_values_by_hand():
+    z = np.array([[0.0, 0.0], [1000.0, 0.0]])                   # huge logit: must stay finite
+    value, d = softmax_cross_entropy(z, np.array([0, 1]), 2)
+    assert value == pytest.approx((np.log(2) + 1000.0) / 2)
+    np.testing.assert_allclose(d, [[-0.25, 0.25], [0.5, -0.5]])
+    value, d = mse(np.array([[0.5, 0.25]]), np.array([1]), 4)
+    assert value == pytest.approx(0.5 * (0.25 + 0.5625) / 4)   # 0.5 ||y - onehot||^2 / divisor
+    np.testing.assert_allclose(d, [[0.125, -0.1875]])
+    p = softmax(np.array([[1e4, 0.0, -1e4]], np.float32))
+    assert p.dtype == np.float32 and np.isfinite(p).all() and p[0, 0] == 1
+
+
+def test_loss_float32_stays_float32_and_empty_batch():
+    z = np.zeros((3, 10), np.float32)
+    for loss in (softmax_cross_entropy, mse):
+        assert loss(z, np.array([1, 2, 3]), 8)[1].dtype == np.float32
+        value, d = loss(z[:0], np.array([], int), 8)
+        assert value == 0 and d.shape == (0, 10)
+    with pytest.raises(ValueError, match="labels"):
+        softmax_cross_entropy(z, np.array([1, 2, 10]), 3)
+
+
+SMALL_CNN = [{"type": "conv", "out": 4, "kernel": 3, "pad": 1}, {"type": "relu"},
+             {"type": "maxpool", "kernel": 2}, {"type": "conv", "out": 6, "kernel": 3, "stride": 2},
+             {"type": "batchnorm"}, {"type": "tanh"}, {"type": "flatten"},
+             {"type": "dropout", "p": 0.3}, {"type": "dense", "out": 10}]
+SMALL_MLP = [{"type": "flatten"}, {"type": "dense", "out": 16}, {"type": "batchnorm"},
+             {"type": "relu"}, {"type": "dropout", "p": 0.5}, {"type": "dense", "out": 10}]
+CLASSIC = [{"type": "flatten"}, {"type": "dense", "out": 12}, {"type": "sigmoid"},
+           {"type": "dense", "out": 10}, {"type": "sigmoid"}]
+
+
+def test_small_cnn_end_to_end():
+    assert check_model(SMALL_CNN, (10, 10, 2), "xent") < TOL
+
+
+def test_small_mlp_end_to_end():
+    assert check_model(SMALL_MLP, (6, 6, 1), "xent", batch=6) < TOL
+
+
+def test_sigmoid_mse_net_end_to_end():
+    assert check_model(CLASSIC, (5, 5, 1), "mse") < TOL
+
+
+def test_check_model_at_on_a_float32_model():
+    model = Model(SMALL_MLP, (6, 6, 1), seed=3)                # the real float32 model
+    rng = np.random.default_rng(0)
+    x = rng.random((8, 6, 6, 1), dtype=np.float32)
+    y = rng.integers(0, 10, 8)
+    theta = model.theta.copy()
+    err = check_model_at(model, x, y, "xent", 16, keyed_noise(0, 1, np.arange(8)))
+    assert err < TOL
+    np.testing.assert_array_equal(model.theta, theta)            # untouched
+
+
+def test_gradcheck_catches_a_wrong_backward(monkeypatch):
+    from core.layers import Tanh
+    monkeypatch.setattr(Tanh, "backward", lambda self, dy: dy * (1 - self.y))   # wrong
+    assert check_layer({"type": "tanh"}, (6,)) > 1e-2

@@ -1,0 +1,123 @@
+"""SGD against hand-computed numbers, argument validation, and the lr schedules.
+
+    /work/venv/bin/pytest tests/test_core_optim.py -q
+"""
+import math
+
+import numpy as np
+import pytest
+
+from core.optim import SGD
+from core.schedules import make_schedule
+
+
+def two_steps(**kw):
+    theta = np.array([1.0, -2.0], np.float64)
+    opt = SGD(2, dtype=np.float64, **kw)
+    opt.step(theta, np.array([0.5, 1.0]), 0.1)
+    first = theta.copy()
+    opt.step(theta, np.array([-1.0, 0.25]), 0.1)
+    return first, theta, opt.velocity
+
+
+def test_heavy_ball_by_hand():
+    first, theta, v = two_steps(momentum=0.9)
+    # step 1: v = g = [0.5, 1]; theta = [1 - 0.05, -2 - 0.1]
+    np.testing.assert_allclose(first, [0.95, -2.1])
+    # step 2: v = 0.9 [0.5, 1] + [-1, 0.25] = [-0.55, 1.15]; theta -= 0.1 v
+    np.testing.assert_allclose(v, [-0.55, 1.15])
+    np.testing.assert_allclose(theta, [0.95 + 0.055, -2.1 - 0.115])
+
+
+def test_nesterov_by_hand():
+    first, theta, v = two_steps(momentum=0.9, nesterov=True)
+    # step 1: v = [0.5, 1]; theta -= 0.1 (g + 0.9 v) = 0.1 * 1.9 g
+    np.testing.assert_allclose(first, [1 - 0.095, -2 - 0.19])
+    # step 2: v = [-0.55, 1.15]; theta -= 0.1 ([-1, 0.25] + 0.9 [-0.55, 1.15])
+    np.testing.assert_allclose(v, [-0.55, 1.15])
+    np.testing.assert_allclose(theta, [0.905 + 0.1 * 1.495, -2.19 - 0.1 * 1.285])
+
+
+def test_weight_decay_with_mask_by_hand():
+    # mask: decay theta[0] only, wd = 0.1
+    first, theta, v = two_steps(momentum=0.5, weight_decay=0.1, decay_mask=np.array([1.0, 0.0]))
+    # step 1: g = [0.5 + 0.1*1, 1] = [0.6, 1]; v = g; theta = [1 - 0.06, -2.1]
+    np.testing.assert_allclose(first, [0.94, -2.1])
+    # step 2: g = [-1 + 0.094, 0.25] = [-0.906, 0.25]; v = 0.5 [0.6, 1] + g = [-0.606, 0.75]
+    np.testing.assert_allclose(v, [-0.606, 0.75])
+    np.testing.assert_allclose(theta, [0.94 + 0.0606, -2.1 - 0.075])
+
+
+def test_plain_sgd_and_grad_untouched():
+    theta = np.ones(3, np.float32)
+    grad = np.array([1, 2, 3], np.float32)
+    SGD(3, momentum=0.0).step(theta, grad, 0.5)
+    np.testing.assert_allclose(theta, [0.5, 0.0, -0.5])
+    np.testing.assert_array_equal(grad, [1, 2, 3])
+    assert theta.dtype == np.float32
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"momentum": 1.0}, "momentum must be in \\[0, 1\\), got 1.0"),
+    ({"momentum": -0.1}, "momentum"),
+    ({"weight_decay": -1e-4}, "weight_decay must be a finite number >= 0"),
+    ({"weight_decay": float("nan")}, "weight_decay"),
+    ({"momentum": 0.0, "nesterov": True}, "nesterov=True requires momentum > 0"),
+    ({"decay_mask": np.ones(3)}, "decay_mask must have shape \\(4,\\)"),
+])
+def test_bad_optimizer_arguments(kw, message):
+    with pytest.raises(ValueError, match=message):
+        SGD(4, **kw)
+
+
+@pytest.mark.parametrize("lr", [-0.1, float("nan"), float("inf")])
+def test_bad_lr(lr):
+    opt = SGD(2)
+    with pytest.raises(ValueError, match="lr must be a finite number >= 0"):
+        opt.step(np.zeros(2, np.float32), np.zeros(2, np.float32), lr)
+
+
+def test_constant_and_step_schedules():
+    lr = make_schedule("constant", 0.1, 100)
+    assert lr(0) == lr(99) == lr(1000) == 0.1
+    lr = make_schedule("step", 0.1, 100, step_size=30, gamma=0.5)
+    assert [lr(s) for s in (0, 29, 30, 59, 60, 90)] == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025, 0.0125])
+
+
+def test_cosine_schedule_endpoints():
+    lr = make_schedule("cosine", 0.2, 100, min_lr=0.02)
+    assert lr(0) == pytest.approx(0.2)
+    assert lr(50) == pytest.approx(0.11)                       # halfway: the mean
+    assert lr(100) == pytest.approx(0.02) and lr(500) == pytest.approx(0.02)
+    assert all(lr(s) >= lr(s + 1) for s in range(100))
+
+
+def test_warmup_is_linear_then_joins():
+    lr = make_schedule("cosine", 0.4, 110, warmup_steps=9)
+    assert [lr(s) for s in range(9)] == pytest.approx([0.04 * (s + 1) for s in range(9)])
+    assert lr(9) == pytest.approx(0.4)                         # cosine starts at the end of warmup
+    assert lr(60) == pytest.approx(0.2 * (1 + math.cos(math.pi * 51 / 101)))
+    assert lr(110) == pytest.approx(0.0, abs=1e-12)
+    lr = make_schedule("step", 0.1, 100, warmup_steps=4, step_size=50)
+    assert lr(0) == pytest.approx(0.02) and lr(4) == pytest.approx(0.1) and lr(50) == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("args,kw,message", [
+    (("linear", 0.1, 10), {}, "kind must be one of"),
+    (("constant", -0.1, 10), {}, "base_lr"),
+    (("constant", 0.1, 0), {}, "total_steps"),
+    (("constant", 0.1, 10), {"warmup_steps": 11}, "warmup_steps"),
+    (("step", 0.1, 10), {}, "step_size must be an int >= 1"),
+    (("step", 0.1, 10), {"step_size": 5, "gamma": 0.0}, "gamma"),
+    (("cosine", 0.1, 10), {"min_lr": 0.2}, "min_lr"),
+])
+def test_bad_schedule_arguments(args, kw, message):
+    with pytest.raises(ValueError, match=message):
+        make_schedule(*args, **kw)
+
+
+def test_schedule_rejects_bad_step_and_accepts_numpy_ints():
+    lr = make_schedule("constant", 0.1, 10)
+    with pytest.raises(ValueError, match="step must be an int >= 0"):
+        lr(-1)
+    assert lr(np.int64(3)) == 0.1 and isinstance(lr(np.int64(3)), float)
