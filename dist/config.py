@@ -41,6 +41,10 @@ class DataConfig:
     source: str = _f("", "local folder of the 4 MNIST IDX files to prepare from ('' = auto)")
     val_size: int = _f(5000, "training images held out for validation / early stopping")
     split_seed: int = _f(0, "seed of the train/validation split (fixed across runs)")
+    augment: bool = _f(False, "random affine augmentation of training images")
+    max_shift: float = _f(2.0, "augmentation: largest shift in pixels")
+    max_rotate: float = _f(10.0, "augmentation: largest rotation in degrees")
+    max_scale: float = _f(0.1, "augmentation: largest relative change of size")
 
 
 @dataclass
@@ -198,6 +202,9 @@ def validate(cfg: Config) -> None:
          "must be a non-empty list of layer tables")
     need(m.loss in ("xent", "mse"), "model.loss", m.loss, "must be 'xent' or 'mse'")
     need(0 <= d.val_size <= 20000, "data.val_size", d.val_size, "must be in 0..20000")
+    need(0 <= d.max_shift <= 10, "data.max_shift", d.max_shift, "must be in 0..10 pixels")
+    need(0 <= d.max_rotate <= 180, "data.max_rotate", d.max_rotate, "must be in 0..180 degrees")
+    need(0 <= d.max_scale < 1, "data.max_scale", d.max_scale, "must be in [0, 1)")
     need(math.isfinite(o.lr) and o.lr > 0, "optim.lr", o.lr, "must be a positive number")
     need(0 <= o.momentum < 1, "optim.momentum", o.momentum, "must be in [0, 1)")
     need(not o.nesterov or o.momentum > 0, "optim.nesterov", o.nesterov, "needs momentum > 0")

@@ -32,6 +32,7 @@ from core.losses import LOSSES
 from core.model import Model
 from core.optim import SGD
 from core.schedules import make_schedule
+from data.augment import random_affine
 from data.errors import DataError
 from data.hdf5 import open_mnist
 from data.prepare import default_path, ensure_dataset
@@ -246,8 +247,13 @@ def main(comm: Comm, argv=None) -> None:
             t0 = time.perf_counter()
             lr = lr_at(global_step)
             lo, hi = shard.batch_offsets[k], shard.batch_offsets[k + 1]
-            x, y = normalize(shard.images[lo:hi]), shard.labels[lo:hi].astype(np.int64)
+            # Random numbers are keyed by (seed, epoch, global sample index), never by rank.
             keys = sample_keys(seed, epoch, shard.indices[lo:hi])
+            images = shard.images[lo:hi]
+            if cfg.data.augment:
+                images = random_affine(images, keys, cfg.data.max_shift, cfg.data.max_rotate,
+                                       cfg.data.max_scale)
+            x, y = normalize(images), shard.labels[lo:hi].astype(np.int64)
             noise = lambda stream, shape: keyed_uniform(keys, stream, shape)  # noqa: E731
             t1 = time.perf_counter()
             if args.debug and global_step == 0:

@@ -1,0 +1,53 @@
+"""Augmentation keeps labels and image statistics, and is keyed by sample, not by batch."""
+import numpy as np
+
+from core.keyed_random import sample_keys
+from data.augment import bilinear, draw_params, random_affine
+from data.hdf5 import read_arrays
+
+
+def test_bilinear_resampling_at_shifted_grid_is_a_shift():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, size=(2, 28, 28)).astype(np.uint8)
+    ys, xs = np.meshgrid(np.arange(28.0), np.arange(28.0), indexing="ij")
+    shifted = bilinear(img, np.broadcast_to(ys - 2, (2, 28, 28)), np.broadcast_to(xs + 3, (2, 28, 28)))
+    expected = np.zeros_like(img)
+    expected[:, 2:, :25] = img[:, :26, 3:]
+    assert (shifted == expected).all()
+
+
+def test_zero_ranges_are_the_identity():
+    img = np.random.default_rng(1).integers(0, 256, size=(5, 28, 28)).astype(np.uint8)
+    out = random_affine(img, sample_keys(0, 0, np.arange(5)), 0.0, 0.0, 0.0)
+    assert (out == img).all()
+
+
+def test_parameters_stay_in_range_and_depend_on_the_sample_only():
+    keys = sample_keys(3, 1, np.arange(2000))
+    angle, scale, tx, ty = draw_params(keys, 2.0, 10.0, 0.1)
+    assert np.abs(np.rad2deg(angle)).max() <= 10 and np.abs(scale - 1).max() <= 0.1
+    assert np.abs(tx).max() <= 2 and np.abs(ty).max() <= 2
+    assert np.rad2deg(angle).std() > 5  # spread over the range, not stuck
+    img = np.random.default_rng(2).integers(0, 256, size=(6, 28, 28)).astype(np.uint8)
+    idx = np.array([10, 11, 12, 13, 14, 15])
+    whole = random_affine(img, sample_keys(0, 4, idx))
+    part = random_affine(img[3:], sample_keys(0, 4, idx[3:]))  # another "rank"
+    assert (whole[3:] == part).all()
+    assert not (random_affine(img, sample_keys(0, 5, idx)) == whole).all()  # next epoch differs
+
+
+def test_real_digits_keep_statistics_and_labels(mnist_h5):
+    images, labels = read_arrays(mnist_h5, "train")
+    images, labels = images[:3000], labels[:3000].astype(int)
+    out = random_affine(images, sample_keys(0, 0, np.arange(3000)), 2.0, 12.0, 0.1)
+    assert abs(out.mean() - images.mean()) < 0.05 * images.mean()
+    assert abs(out.std() - images.std()) < 0.10 * images.std()  # bilinear blurs a little
+    # Labels survive: a nearest-class-mean classifier (fitted on raw digits) is about as
+    # accurate on augmented digits as on raw ones; a label-destroying warp would drop it.
+    x, xa = images.reshape(3000, -1) / 255.0, out.reshape(3000, -1) / 255.0
+    means = np.stack([x[labels == d].mean(axis=0) for d in range(10)])
+    def accuracy(z):
+        dist = ((z[:, None, :] - means[None]) ** 2).sum(axis=2)
+        return (dist.argmin(axis=1) == labels).mean()
+    raw, augmented = accuracy(x), accuracy(xa)
+    assert raw > 0.75 and augmented > raw - 0.12, (raw, augmented)
