@@ -36,6 +36,16 @@ def test_parameters_stay_in_range_and_depend_on_the_sample_only():
     assert not (random_affine(img, sample_keys(0, 5, idx)) == whole).all()  # next epoch differs
 
 
+def centred(images):
+    """Roll each image so its centre of mass sits at the centre (whole pixels)."""
+    grid = np.arange(28.0)
+    mass = images.sum(axis=(1, 2)) + 1e-9
+    cy = (images.sum(axis=2) @ grid) / mass
+    cx = (images.sum(axis=1) @ grid) / mass
+    return np.stack([np.roll(img, (int(round(13.5 - y)), int(round(13.5 - x))), axis=(0, 1))
+                     for img, y, x in zip(images, cy, cx)]) / 255.0
+
+
 def test_real_digits_keep_statistics_and_labels(mnist_h5):
     images, labels = read_arrays(mnist_h5, "train")
     images, labels = images[:3000], labels[:3000].astype(int)
@@ -44,10 +54,11 @@ def test_real_digits_keep_statistics_and_labels(mnist_h5):
     assert abs(out.std() - images.std()) < 0.10 * images.std()  # bilinear blurs a little
     # Labels survive: a nearest-class-mean classifier (fitted on raw digits) is about as
     # accurate on augmented digits as on raw ones; a label-destroying warp would drop it.
-    x, xa = images.reshape(3000, -1) / 255.0, out.reshape(3000, -1) / 255.0
+    # Digits are first centred by their centre of mass, so that a shift alone costs nothing.
+    x, xa = centred(images).reshape(3000, -1), centred(out).reshape(3000, -1)
     means = np.stack([x[labels == d].mean(axis=0) for d in range(10)])
     def accuracy(z):
         dist = ((z[:, None, :] - means[None]) ** 2).sum(axis=2)
         return (dist.argmin(axis=1) == labels).mean()
     raw, augmented = accuracy(x), accuracy(xa)
-    assert raw > 0.75 and augmented > raw - 0.12, (raw, augmented)
+    assert raw > 0.75 and augmented > raw - 0.08, (raw, augmented)
