@@ -196,8 +196,8 @@ def test_save_preprocessed_and_command_line(trained_run, test_digits, tmp_path):
         make_photo(test_digits[0][k], rng).save(path)
         files.append(path)
     seen = tmp_path / "seen"
-    done = subprocess.run([sys.executable, "-m", "launch.predict", str(trained_run), *map(str, files),
-                           "--save-preprocessed", str(seen), "--top", "2"],
+    done = subprocess.run([sys.executable, "-m", "launch.predict", str(trained_run),
+                           *map(str, files), "--save-preprocessed", str(seen), "--top", "2"],
                           cwd=REPO, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr
@@ -211,3 +211,27 @@ def test_save_preprocessed_and_command_line(trained_run, test_digits, tmp_path):
         pixels = np.asarray(small)
         assert pixels.max() == 255 and pixels[0].max() == 0           # light ink on black
         assert Image.open(seen / f"{path.name}.x10.png").size == (280, 280)
+
+
+def test_exif_orientation_transparency_and_16_bit(tmp_path):
+    """A phone JPEG stored sideways with an EXIF orientation tag, a drawing on a transparent
+    canvas and a 16-bit scan all come out as the same digit as a plain 8-bit PNG."""
+    from PIL import ImageDraw
+    from launch.images import preprocess_file
+
+    sheet = Image.new("L", (200, 260), 235)
+    ImageDraw.Draw(sheet).line([(40, 30), (160, 30), (80, 230)], fill=25, width=18)   # a 7
+    sheet.save(tmp_path / "plain.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6                                   # "rotate 90 degrees clockwise to view"
+    sheet.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "phone.jpg", exif=exif,
+                                                    quality=95)
+    clear = Image.new("RGBA", sheet.size, (0, 0, 0, 0))
+    ImageDraw.Draw(clear).line([(40, 30), (160, 30), (80, 230)], fill=(0, 0, 0, 255), width=18)
+    clear.save(tmp_path / "app.png")
+    Image.fromarray(np.asarray(sheet).astype(np.uint16) * 257).save(tmp_path / "scan16.png")
+
+    plain = preprocess_file(tmp_path / "plain.png").astype(int)
+    for name in ("phone.jpg", "app.png", "scan16.png"):
+        other = preprocess_file(tmp_path / name).astype(int)
+        assert np.abs(other - plain).mean() < 4, name

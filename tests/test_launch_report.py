@@ -77,7 +77,8 @@ def test_report_json_matches_dist_evaluate(written, trained_run):
                 assert confusion[t][p] == sum(m["true"] == t and m["predicted"] == p
                                               for m in mistakes)
 
-    metrics = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    lines = (trained_run / "metrics.jsonl").read_text().splitlines()
+    metrics = [json.loads(line) for line in lines]
     assert rep["curves"]["epoch"] == [m["epoch"] for m in metrics] == [1, 2]
     assert rep["curves"]["val_acc"] == [m["val_acc"] for m in metrics]
     assert rep["curves"]["lr"] == [m["lr"] for m in metrics]
