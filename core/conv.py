@@ -12,8 +12,9 @@ is the fastest axis, so the packed rows are runs of contiguous channels, and the
 the GEMM is already NHWC.  Backward is two more GEMMs:
 
     dW    = cols^T @ dy        (kh*kw*Cin, B*Ho*Wo) @ (B*Ho*Wo, Cout)
-    dcols = dy @ W^T           then col2im: add each of the kh*kw window slices back into dx
-                               (a loop over the kh*kw kernel offsets, never over pixels)
+    dx, stride 1: a convolution of the padded dy with the flipped kernel (im2col + GEMM)
+    dx, stride > 1: dcols = dy @ W^T, then col2im adds each of the kh*kw window slices
+                    back into dx (a loop over kernel offsets, never over pixels)
 
 Tested by tests/test_core_gradcheck.py (strides 1 and 2, pads 0 and 1, several channels).
 """
@@ -56,6 +57,7 @@ class Conv2D(Layer, _Buffers):
     KEYS = {"out": (int, REQUIRED, "positive"), "kernel": (int, REQUIRED, "positive"),
             "stride": (int, 1, "positive"), "pad": (int, 0, "nonnegative")}
     decay = ("W",)
+    EVAL_COLS_ELEMENTS = 2 ** 24          # 64 MB of float32 im2col per chunk in eval mode
 
     def __init__(self, index, input_shape, out, kernel, stride, pad):
         super().__init__(index, input_shape)
@@ -79,30 +81,45 @@ class Conv2D(Layer, _Buffers):
         k2 = self.k * self.k
         return k2 * self.input_shape[2], k2 * self.out
 
-    def _pad(self, x):
+    def _pad(self, x, name):
         """Zero-padded copy (B, H+2p, W+2p, C) in a reused buffer; the border stays 0."""
         if self.p == 0:
             return x
         b, h, w, c = x.shape
         p = self.p
-        xp = self._buffer("xp", (b, h + 2 * p, w + 2 * p, c), x.dtype, zero=True)
+        xp = self._buffer(name, (b, h + 2 * p, w + 2 * p, c), x.dtype, zero=True)
         xp[:, p:p + h, p:p + w, :] = x
         return xp
 
-    def forward(self, x, train):
-        b = len(x)
-        k, s, ho, wo = self.k, self.s, self.ho, self.wo
+    def _conv(self, x, cols, pad_name):
+        """im2col into `cols` (B, Ho, Wo, kh, kw, Cin), then the GEMM.  -> (B, Ho, Wo, Cout)"""
+        b, k = len(x), self.k
         kdim = k * k * x.shape[3]
-        # Training keeps `cols` for backward; eval uses its own buffer so an evaluation
-        # between forward and backward cannot corrupt the cache.
-        cols = self._buffer("cols" if train else "cols_eval", (b, ho, wo, k, k, x.shape[3]), x.dtype)
-        np.copyto(cols, _windows(self._pad(x), k, k, s, ho, wo))  # im2col: the one big copy
-        cols2 = cols.reshape(b * ho * wo, kdim)                    # (N, kh*kw*Cin)
+        np.copyto(cols, _windows(self._pad(x, pad_name), k, k, self.s, self.ho, self.wo))
+        cols2 = cols.reshape(b * self.ho * self.wo, kdim)          # (N, kh*kw*Cin)
         y = cols2 @ self.W.reshape(kdim, self.out)                 # (N, Cout): the GEMM
         y += self.b
+        return y.reshape(b, self.ho, self.wo, self.out)
+
+    def forward(self, x, train):
+        b, c = len(x), x.shape[3]
+        shape = (self.ho, self.wo, self.k, self.k, c)              # cols per sample
         if train:
-            self.cols2, self.x_shape = cols2, x.shape
-        return y.reshape(b, ho, wo, self.out)                      # (B, Ho, Wo, Cout)
+            # Keep cols for backward, in a buffer reused from step to step.
+            cols = self._buffer("cols", (b,) + shape, x.dtype)
+            self.cols2, self.x_shape = cols.reshape(b * self.ho * self.wo, self.k * self.k * c), x.shape
+            return self._conv(x, cols, "xp")
+        # Eval: nothing to keep, and batches may be large (evaluation), so go in chunks
+        # of samples whose cols stay under EVAL_COLS_ELEMENTS instead of one huge matrix.
+        chunk = max(1, self.EVAL_COLS_ELEMENTS // int(np.prod(shape)))
+        if b <= chunk:
+            return self._conv(x, np.empty((b,) + shape, x.dtype), "xp_eval")
+        y = np.empty((b, self.ho, self.wo, self.out), x.dtype)
+        cols = np.empty((chunk,) + shape, x.dtype)
+        for i in range(0, b, chunk):
+            n = min(chunk, b - i)
+            y[i:i + n] = self._conv(x[i:i + n], cols[:n], "xp_eval")
+        return y
 
     def backward(self, dy):                                        # dy (B, Ho, Wo, Cout)
         b, h, w, c = self.x_shape
@@ -113,6 +130,8 @@ class Conv2D(Layer, _Buffers):
         np.sum(dy2, axis=0, out=self.db)
         if not self.need_dx:
             return None
+        if s == 1 and p <= k - 1:
+            return self._dx_transposed(dy)
         dcols = self._buffer("dcols", (b * ho * wo, kdim), dy.dtype)
         np.matmul(dy2, self.W.reshape(kdim, self.out).T, out=dcols)  # (N, K)
         dcols = dcols.reshape(b, ho, wo, k, k, c)
@@ -124,10 +143,29 @@ class Conv2D(Layer, _Buffers):
                 dxp[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :] += dcols[:, :, :, i, j, :]
         return dxp[:, p:p + h, p:p + w, :]                         # (B, H, W, Cin)
 
+    def _dx_transposed(self, dy):
+        """Stride 1: dx is itself a convolution -- of dy, zero-padded by k-1-p, with the
+        kernel flipped in space and its in/out channels swapped:
+            dx[b, y, x, c] = sum_{i,j,o} dy[b, y+p-i, x+p-j, o] W[i, j, c, o].
+        One im2col + one GEMM, writing NHWC directly; the col2im above instead does k*k
+        strided adds whose inner loop runs over only Cin numbers, which is ~3x slower."""
+        b, h, w, c = self.x_shape
+        k, q, ho, wo = self.k, self.k - 1 - self.p, self.ho, self.wo
+        dyp = self._buffer("dyp", (b, ho + 2 * q, wo + 2 * q, self.out), dy.dtype, zero=True)
+        dyp[:, q:q + ho, q:q + wo, :] = dy                         # border stays 0
+        cols = self._buffer("dcols", (b, h, w, k, k, self.out), dy.dtype)
+        np.copyto(cols, _windows(dyp, k, k, 1, h, w))             # (B, H, W, kh, kw, Cout)
+        wf = self.W[::-1, ::-1].transpose(0, 1, 3, 2).reshape(k * k * self.out, c)  # copies
+        dx = cols.reshape(b * h * w, k * k * self.out) @ wf        # (B*H*W, Cin)
+        return dx.reshape(b, h, w, c)
 
 class MaxPool2D(Layer):
     """Max over kernel x kernel windows with a stride (default: the kernel, no overlap).
-    The gradient goes to the (first) maximum of each window."""
+    The gradient goes to the first maximum of each window (in row-major window order).
+
+    Vectorized as a loop over the k*k window offsets: offset (i, j) of every window at
+    once is the strided slice x[:, i::s, j::s, :] (cut to Ho x Wo), so each pass is one
+    elementwise op on a (B, Ho, Wo, C) array -- cheaper than packing the windows."""
     type_name = "maxpool"
     KEYS = {"kernel": (int, 2, "positive"), "stride": (int, "kernel", "positive")}
 
@@ -145,21 +183,36 @@ class MaxPool2D(Layer):
     def flops(self, input_shape):
         return self.ho * self.wo * self.input_shape[2] * (self.k * self.k - 1)   # comparisons
 
+    def _offset(self, a, o):
+        """Element (i, j) = divmod(o, k) of every window: a (B, Ho, Wo, C) strided view."""
+        i, j = divmod(o, self.k)
+        s = self.s
+        return a[:, i:i + s * (self.ho - 1) + 1:s, j:j + s * (self.wo - 1) + 1:s, :]
+
     def forward(self, x, train):                                   # x (B, H, W, C)
-        b, _, _, c = x.shape
-        k, ho, wo = self.k, self.ho, self.wo
-        win = _windows(x, k, k, self.s, ho, wo).reshape(b, ho, wo, k * k, c)  # copies
-        if not train:
-            return win.max(axis=3)
-        self.arg = win.argmax(axis=3)                              # (B, Ho, Wo, C) in [0, k*k)
-        self.x_shape = x.shape
-        return np.take_along_axis(win, self.arg[:, :, :, None, :], axis=3)[:, :, :, 0, :]
+        y = self._offset(x, 0).copy()                              # (B, Ho, Wo, C)
+        for o in range(1, self.k * self.k):
+            np.maximum(y, self._offset(x, o), out=y)               # branch-free running max
+        if train:
+            self.x, self.y = x, y                                  # x is the previous output anyway
+        return y
 
     def backward(self, dy):                                        # dy (B, Ho, Wo, C)
-        k, s, ho, wo = self.k, self.s, self.ho, self.wo
-        dx = np.zeros(self.x_shape, dy.dtype)
-        zero = dy.dtype.type(0)
-        for o in range(k * k):                                     # loop over window offsets
-            i, j = divmod(o, k)
-            dx[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :] += np.where(self.arg == o, dy, zero)
+        # Route dy to the first offset whose input equals the max.  Recomputing this mask
+        # is cheaper than tracking an argmax with masked writes, which branch per element.
+        k2, disjoint = self.k * self.k, self.s >= self.k
+        covered = disjoint and self.ho * self.k == self.x.shape[1] and self.wo * self.k == self.x.shape[2]
+        dx = (np.empty if covered else np.zeros)(self.x.shape, dy.dtype)   # (B, H, W, C)
+        taken = np.zeros(self.y.shape, bool)                       # window already served
+        first = np.empty(self.y.shape, bool)
+        for o in range(k2):
+            np.equal(self._offset(self.x, o), self.y, out=first)
+            np.greater(first, taken, out=first)                    # first & ~taken
+            if o < k2 - 1:
+                taken |= first
+            dxo = self._offset(dx, o)
+            if disjoint:                                           # each input in one window
+                np.multiply(dy, first, out=dxo)
+            else:                                                  # overlapping: accumulate
+                dxo += dy * first
         return dx

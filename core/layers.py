@@ -117,11 +117,11 @@ class ReLU(Layer):
 
     def forward(self, x, train):
         y = np.maximum(x, 0)                  # 0 is a Python int: stays float32
-        self.mask = (x > 0) if train else None
-        return y
+        self.y = y if train else None         # y > 0 exactly where x > 0; the next layer
+        return y                              # holds y anyway, so caching it is free
 
     def backward(self, dy):
-        return dy * self.mask
+        return dy * (self.y > 0)
 
 
 class Sigmoid(Layer):
@@ -198,7 +198,7 @@ class Flatten(Layer):
         return 0
 
     def forward(self, x, train):
-        return x.reshape(len(x), -1)
+        return x.reshape((len(x),) + self.out_shape)      # not -1: B may be 0
 
     def backward(self, dy):
         return dy.reshape((len(dy),) + self.input_shape)

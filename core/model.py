@@ -110,8 +110,10 @@ class Model:
                 layer.running_var[...] = 1
 
     # --- forward and backward --------------------------------------------------------------
-    def forward(self, x, train, noise=None):
-        """x (B, *input_shape) -> outputs (B, *output_shape); train=True caches for backward."""
+    def forward(self, x, train, noise=None, after_layer=None):
+        """x (B, *input_shape) -> outputs (B, *output_shape); train=True caches for backward.
+        after_layer(layer, output), if given, is called after every layer (debug hooks:
+        e.g. stop at the first layer that produces NaN)."""
         x = np.asarray(x)
         if x.shape[1:] != self.input_shape:
             raise ValueError(f"model input must have shape (B, {', '.join(map(str, self.input_shape))}), "
@@ -119,6 +121,8 @@ class Model:
         x = x.astype(self.dtype, copy=False)
         for layer in self.layers:
             x = layer.forward(x, train, noise) if layer.needs_noise else layer.forward(x, train)
+            if after_layer is not None:
+                after_layer(layer, x)
         self._train_cache = bool(train)
         return x
 

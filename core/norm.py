@@ -63,7 +63,7 @@ class BatchNorm(Layer):
         vec = np.empty(c + 1, x.dtype)
         np.sum(xs, axis=0, out=vec[:c])
         vec[c] = xs.shape[0]
-        tot = self.reduce(vec)
+        tot = np.asarray(self.reduce(vec), x.dtype)   # (a float32 count is exact below 2**24)
         m = tot[c]                                # global count
         if m == 0:                                # no sample on any rank: nothing to do
             self.xhat = None
@@ -71,7 +71,7 @@ class BatchNorm(Layer):
         mean = tot[:c] / m                        # (C,)
         xc = xs - mean                            # (N, C)
         # Reduce 2: centered sums of squares (two-pass variance).
-        var = self.reduce(np.sum(xc * xc, axis=0)) / m   # (C,) biased, used to normalize
+        var = np.asarray(self.reduce(np.sum(xc * xc, axis=0)), x.dtype) / m   # (C,) biased
         inv = dt(1) / np.sqrt(var + dt(self.eps))        # (C,)
         xhat = xc                                 # (N, C): normalize xc in place
         xhat *= inv
@@ -97,7 +97,7 @@ class BatchNorm(Layer):
         np.sum(dys * self.xhat, axis=0, out=local[c:])
         self.dbeta[...] = local[:c]               # local sums: the allreduce adds the rest
         self.dgamma[...] = local[c:]
-        tot = self.reduce(local.copy())           # copy: a reduce may work in place
+        tot = np.asarray(self.reduce(local.copy()), dy.dtype)   # copy: a reduce may work in place
         m = self.m
         dx = dys - tot[:c] / m
         dx -= self.xhat * (tot[c:] / m)
