@@ -60,18 +60,22 @@ class BatchNorm(Layer):
             return x * scale + shift              # broadcasts over the last axis
         xs = x.reshape(-1, c)                     # (N, C), N = local B or B*H*W
         # Reduce 1: per-channel sums and the sample count, in one vector.
-        vec = np.empty(c + 1, x.dtype)
-        np.sum(xs, axis=0, out=vec[:c])
+        # The sums run over N = B*H*W numbers per channel; float64 accumulators keep their
+        # rounding (~1e-16) far below float32's, so a batch split over 4 ranks gets the same
+        # float32 statistics as the whole batch in one process (world-size invariance).
+        vec = np.empty(c + 1, np.float64)
+        np.sum(xs, axis=0, dtype=np.float64, out=vec[:c])
         vec[c] = xs.shape[0]
-        tot = np.asarray(self.reduce(vec), x.dtype)   # (a float32 count is exact below 2**24)
+        tot = np.asarray(self.reduce(vec), np.float64)
         m = tot[c]                                # global count
         if m == 0:                                # no sample on any rank: nothing to do
             self.xhat = None
             return x.copy()
-        mean = tot[:c] / m                        # (C,)
+        mean = (tot[:c] / m).astype(x.dtype)      # (C,)
         xc = xs - mean                            # (N, C)
         # Reduce 2: centered sums of squares (two-pass variance).
-        var = np.asarray(self.reduce(np.sum(xc * xc, axis=0)), x.dtype) / m   # (C,) biased
+        sq = np.asarray(self.reduce(np.sum(xc * xc, axis=0, dtype=np.float64)), np.float64)
+        var = (sq / m).astype(x.dtype)            # (C,) biased
         inv = dt(1) / np.sqrt(var + dt(self.eps))        # (C,)
         xhat = xc                                 # (N, C): normalize xc in place
         xhat *= inv
@@ -92,14 +96,14 @@ class BatchNorm(Layer):
             return dy.copy()
         c = dy.shape[-1]
         dys = dy.reshape(-1, c)                   # (N, C)
-        local = np.empty(2 * c, dy.dtype)
-        np.sum(dys, axis=0, out=local[:c])
-        np.sum(dys * self.xhat, axis=0, out=local[c:])
+        local = np.empty(2 * c, np.float64)      # float64 sums, as in forward
+        np.sum(dys, axis=0, dtype=np.float64, out=local[:c])
+        np.sum(dys * self.xhat, axis=0, dtype=np.float64, out=local[c:])
         self.dbeta[...] = local[:c]               # local sums: the allreduce adds the rest
         self.dgamma[...] = local[c:]
-        tot = np.asarray(self.reduce(local.copy()), dy.dtype)   # copy: a reduce may work in place
+        tot = np.asarray(self.reduce(local.copy()), np.float64)  # copy: a reduce may work in place
         m = self.m
-        dx = dys - tot[:c] / m
-        dx -= self.xhat * (tot[c:] / m)
+        dx = dys - (tot[:c] / m).astype(dy.dtype)
+        dx -= self.xhat * (tot[c:] / m).astype(dy.dtype)
         dx *= self.gamma * self.inv
         return dx.reshape(dy.shape)

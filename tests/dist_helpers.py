@@ -19,7 +19,7 @@ MPIRUN = str(Path(sys.executable).parent / "mpirun") \
 
 # A small network with every kind of randomness and cross-rank coupling the invariants care
 # about: batch norm (synchronised statistics) and dropout (masks keyed by global sample index).
-SMALL_LAYERS = ('[{type="conv",out=4,kernel=3,pad=1},{type="batchnorm"},{type="relu"},'
+SMALL_LAYERS = ('[{type="conv",out=8,kernel=3,pad=1},{type="batchnorm"},{type="relu"},'
                 '{type="maxpool",kernel=2},{type="flatten"},{type="dense",out=32},'
                 '{type="batchnorm"},{type="relu"},{type="dropout",p=0.3},{type="dense",out=10}]')
 

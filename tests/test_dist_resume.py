@@ -15,7 +15,7 @@ from tests.dist_helpers import rel_diff, run_job, small_run_args, start_job, the
 
 pytestmark = pytest.mark.timeout(300)
 
-EXTRA = ("--set", "train.epochs=3", "--set", "run.checkpoint_every=5", "--set", "run.keep_last=50")
+EXTRA = ("--set", "run.checkpoint_every=5", "--set", "run.keep_last=50")
 
 
 def kill_after_first_checkpoint(job, run_dir, timeout=120):
@@ -32,7 +32,7 @@ def kill_after_first_checkpoint(job, run_dir, timeout=120):
 def test_killed_and_resumed_run_is_bitwise_identical(mnist_h5, tmp_path):
     full = run_job(2, small_run_args(mnist_h5, tmp_path, "full", *EXTRA), timeout=180)
     assert full.returncode == 0, full.stderr
-    reference = theta_of(tmp_path / "full" / "ckpt-e003-s00000.h5")
+    reference = theta_of(tmp_path / "full" / "ckpt-e002-s00000.h5")
 
     job = start_job(2, small_run_args(mnist_h5, tmp_path, "killed", *EXTRA))
     kill_after_first_checkpoint(job, tmp_path / "killed")
@@ -41,13 +41,13 @@ def test_killed_and_resumed_run_is_bitwise_identical(mnist_h5, tmp_path):
     resumed = run_job(2, ["--resume", str(tmp_path / "killed")], timeout=180)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming at epoch" in resumed.stdout
-    final = theta_of(tmp_path / "killed" / "ckpt-e003-s00000.h5")
+    final = theta_of(tmp_path / "killed" / "ckpt-e002-s00000.h5")
     assert final.tobytes() == reference.tobytes()
 
     # The same checkpoint resumed by the single-process debugging mode: same trajectory.
     one = run_job(1, ["--resume", str(tmp_path / "killed-1rank")], timeout=180)
     assert one.returncode == 0, one.stderr
-    assert rel_diff(theta_of(tmp_path / "killed-1rank" / "ckpt-e003-s00000.h5"), reference) < 1e-5
+    assert rel_diff(theta_of(tmp_path / "killed-1rank" / "ckpt-e002-s00000.h5"), reference) < 1e-5
 
 
 def test_resume_continues_metrics_and_keeps_best(mnist_h5, tmp_path):

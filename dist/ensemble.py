@@ -1,0 +1,99 @@
+"""Train K models in one MPI job and average their softmax outputs.
+
+    mpirun -n 4 python -m dist.ensemble --members 4 --preset best   # 4 groups of 1 rank
+    mpirun -n 4 python -m dist.ensemble --members 2 --preset best   # 2 groups of 2 ranks
+    python -m dist.ensemble --members 3 --preset mlp                 # one process, in turn
+
+The ranks are split into groups (``MPI_Comm_Split``); each group is an ordinary data-parallel
+trainer (``dist.train.main`` on the group's communicator) with its own seed, ``train.seed + m``
+for member m, writing ``runs/<name>/member-<m>/``. With fewer ranks than members a group trains
+several members one after another. Since every member is world-size invariant, member m's
+weights do not depend on how the ranks were grouped.
+
+When all members are done, rank 0 averages the members' class probabilities (from each member's
+``best.h5``, chosen on validation) on the validation and test sets and writes
+``runs/<name>/ensemble.json``. Any other argument is passed to ``dist.train`` unchanged.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from data.prepare import ensure_dataset
+from data.shards import read_split
+from dist import train
+from dist.comm import Comm, ExpectedError, run_main
+from dist.config import load_config
+from dist.evaluate import model_from_checkpoint, predict_scores, scores_to_proba
+
+
+def ensemble_accuracy(member_dirs: list[Path], images: np.ndarray, labels: np.ndarray,
+                      loss: str) -> dict:
+    """Accuracy of each member's best.h5 and of their averaged probabilities."""
+    probas = []
+    for folder in member_dirs:
+        model, _ = model_from_checkpoint(folder / "best.h5")
+        probas.append(scores_to_proba(predict_scores(model, images), loss))
+    labels = labels.astype(np.int64)
+    mean = np.mean(probas, axis=0)
+    return {"members": [float((p.argmax(1) == labels).mean()) for p in probas],
+            "ensemble": float((mean.argmax(1) == labels).mean()),
+            "ensemble_nll": float(-np.log(np.maximum(mean[np.arange(len(labels)), labels],
+                                                     1e-12)).mean())}
+
+
+def main(world: Comm, argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m dist.ensemble", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--members", type=int, required=True, help="number of models K")
+    parser.add_argument("--name", default="", help="run folder name (default: a timestamp)")
+    args, train_argv = parser.parse_known_args(argv)
+    world.agree(args.members >= 1, f"--members {args.members}: must be >= 1")
+    preset_args = train.parse_args(train_argv)
+    world.agree(not preset_args.resume, "--resume: resume each member with dist.train instead")
+    cfg = train.collectively(world, load_config, preset_args.preset, preset_args.config,
+                             preset_args.set)
+    name = world.bcast(args.name or f"ensemble-{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    folder = Path(cfg.run.dir) / name
+
+    groups = min(args.members, world.size)
+    group = world.rank * groups // world.size          # contiguous blocks of ranks
+    comm = Comm(world.world.Split(color=group, key=world.rank))
+    error = None
+    for member in range(group, args.members, groups):
+        member_argv = [*train_argv, "--set", f"train.seed={cfg.train.seed + member}",
+                       "--set", f"run.dir={folder}", "--set", f"run.name=member-{member}"]
+        try:
+            train.main(comm, member_argv)
+        except ExpectedError as err:
+            if not err.everywhere:
+                raise  # only this rank knows: run_main aborts the job
+            error = f"member {member}: {err}"
+            break
+    world.agree(error is None, error or "")
+
+    def combine() -> None:
+        data_path = ensure_dataset(cfg.data.path or None, quiet=True)
+        members = [folder / f"member-{m}" for m in range(args.members)]
+        result = {"members": args.members, "ranks": world.size, "preset": cfg.preset}
+        for split in ("val", "test"):
+            images, labels, _ = read_split(data_path, split, cfg.data.split_seed,
+                                           cfg.data.val_size)
+            if len(labels):
+                result[split] = ensemble_accuracy(members, images, labels, cfg.model.loss)
+        (folder / "ensemble.json").write_text(json.dumps(result, indent=2) + "\n")
+        test = result["test"]
+        print(f"ensemble of {args.members}: test accuracy {100 * test['ensemble']:.2f}% "
+              f"(members {', '.join(f'{100 * a:.2f}%' for a in test['members'])}); "
+              f"{folder / 'ensemble.json'}", flush=True)
+
+    train.on_root(world, combine)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, sys.argv[1:]))

@@ -1,0 +1,134 @@
+"""Runs across machines, simulated: two network namespaces as two hosts (launch/fakehosts.py).
+
+The two "hosts" have their own network stack, host name and address (10.77.0.1 / 10.77.0.2
+on a veth pair); hydra's `mpirun` runs on the first and starts the second rank's proxy
+through launch/netns-launch, exactly as it would through ssh on a cluster. Checked:
+
+* the wrapper runs a command on the named host (its host name) and refuses unknown hosts;
+* an MPI probe job: the ranks see different host names, node-local size 1 each, and their
+  TCP connections run between the two hosts' addresses (no shared memory, no root netns);
+* a 2-rank `dist.train` across the two hosts exits 0, its final parameters equal those of
+  the single-host `mpirun -n 2` run (asserted < 1e-5 relative, reported if bitwise), and
+  at least one gradient allreduce per step worth of bytes crossed the veth link.
+
+Needs root (network namespaces); skipped, with that reason, only when the machine forbids
+creating them. Namespaces get unique names per run and are removed even when a test fails.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+
+import pytest
+
+from launch.fakehosts import IFACE, WRAPPER, FakeHosts, FakeHostsError, _ip
+from tests.dist_helpers import REPO, env, rel_diff, run_job, small_run_args, theta_of
+
+pytestmark = pytest.mark.timeout(180)
+
+_FORBIDDEN = ("Operation not permitted", "Permission denied")
+
+
+@pytest.fixture(scope="module")
+def hosts(request):
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root (ip netns add / unshare --uts); "
+                    f"running as uid {os.geteuid()}")
+    fh = FakeHosts(f"mpg{secrets.token_hex(3)}", hosts=2)
+    request.addfinalizer(fh.down)      # registered first: also cleans up a half-made `up`
+    try:
+        fh.up()
+    except FakeHostsError as err:
+        if any(s in str(err) for s in _FORBIDDEN):
+            pytest.skip(f"this machine forbids network namespaces: {err}")
+        raise
+    uts = subprocess.run(["unshare", "--uts", "true"], capture_output=True, text=True, timeout=10)
+    if uts.returncode != 0 and any(s in uts.stderr for s in _FORBIDDEN):
+        pytest.skip(f"this machine forbids UTS namespaces: {uts.stderr.strip()}")
+    return fh
+
+
+def _env(fh: FakeHosts) -> dict:
+    return fh.env(base=env())
+
+
+def _tx_rx(host: str) -> tuple[int, int]:
+    link = json.loads(_ip("-n", host, "-j", "-s", "link", "show", "dev", IFACE).stdout)[0]
+    stats = link.get("stats64") or link["stats"]
+    return stats["tx"]["bytes"], stats["rx"]["bytes"]
+
+
+def test_the_wrapper_runs_commands_on_the_named_host(hosts):
+    a, b = hosts.names
+    out = subprocess.run([str(WRAPPER), "-x", b, "hostname; ip -4 -o addr show dev", IFACE],
+                         env=_env(hosts), capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == b
+    assert f"inet {hosts.addresses()[b]}/24" in lines[1]
+    bad = subprocess.run([str(WRAPPER), "-x", f"{hosts.prefix}-zz", "true"], env=_env(hosts),
+                         capture_output=True, text=True, timeout=20)
+    assert bad.returncode == 255 and "no such fake host" in bad.stderr
+
+
+def test_ranks_on_two_hosts_talk_over_the_fake_network(hosts):
+    cmd = hosts.mpirun_command(["-n", "2", sys.executable, "-m", "launch.fakehosts", "probe"])
+    out = subprocess.run(cmd, env=_env(hosts), cwd=REPO, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    probes = {}
+    for line in out.stdout.splitlines():
+        m = re.match(r"PROBE rank=(\d) size=2 host=(\S+) local_size=(\d+) sum_ok=(\w+) tcp=(\S+)",
+                     line)
+        if m:
+            probes[int(m[1])] = m
+    assert sorted(probes) == [0, 1], out.stdout
+    addr = hosts.addresses()
+    for rank, host in enumerate(hosts.names):
+        m = probes[rank]
+        assert m[2] == host                       # different host names, in placement order
+        assert m[3] == "1", "ranks on different hosts must not share a node (shared memory)"
+        assert m[4] == "True"
+        conns = [c.split("->") for c in m[5].split(",") if c != "-"]
+        endpoints = [e.rsplit(":", 1)[0] for c in conns for e in c]
+        assert endpoints and all(e in addr.values() for e in endpoints), m[5]
+        other = addr[hosts.names[1 - rank]]
+        assert any(c[0].startswith(addr[host] + ":") and c[1].startswith(other + ":")
+                   for c in conns), f"rank {rank}: no TCP connection to the other host: {m[5]}"
+
+
+def test_training_across_two_hosts_matches_one_host(hosts, mnist_h5, tmp_path):
+    t0 = time.monotonic()
+    one = run_job(2, small_run_args(mnist_h5, tmp_path, "onehost"), timeout=120)
+    t_one = time.monotonic() - t0
+    assert one.returncode == 0, one.stderr
+
+    b = hosts.names[1]
+    tx0, rx0 = _tx_rx(b)
+    cmd = hosts.mpirun_command(["-n", "2", sys.executable, "-m", "dist.train",
+                                *small_run_args(mnist_h5, tmp_path, "twohosts")])
+    t0 = time.monotonic()
+    two = subprocess.run(cmd, env=_env(hosts), cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    t_two = time.monotonic() - t0
+    assert two.returncode == 0, two.stdout + two.stderr
+    tx1, rx1 = _tx_rx(b)
+
+    final = "ckpt-e002-s00000.h5"
+    theta_one = theta_of(tmp_path / "onehost" / final)
+    theta_two = theta_of(tmp_path / "twohosts" / final)
+    diff = rel_diff(theta_two, theta_one)
+    bitwise = bool((theta_one == theta_two).all())
+    print(f"\nsingle host {t_one:.1f}s, two hosts {t_two:.1f}s; rel diff {diff:.3g}"
+          f" ({'bitwise equal' if bitwise else 'not bitwise'}); {b} {IFACE}: "
+          f"tx {tx1 - tx0} B, rx {rx1 - rx0} B")
+    assert diff < 1e-5
+    # 24 steps, each a gradient allreduce of every parameter (>= 4 bytes each) that host b
+    # must both send and receive: all of it went over the veth link.
+    at_least = 24 * 4 * theta_one.size
+    assert tx1 - tx0 > at_least and rx1 - rx0 > at_least, (tx1 - tx0, rx1 - rx0, at_least)
