@@ -94,11 +94,6 @@ def on_root(comm: Comm, fn, *args, **kwargs):
     return comm.bcast(result)
 
 
-def blas_threads(comm: Comm, requested: int) -> int:
-    cores = len(os.sched_getaffinity(0))
-    return requested or max(1, cores // comm.local_size)
-
-
 def build_model(cfg, comm: Comm) -> Model:
     """Every rank builds the same model from the same seed; batch norm sums across ranks."""
     try:
@@ -172,7 +167,7 @@ def main(comm: Comm, argv=None) -> None:
     batch, seed = cfg.train.batch_size, cfg.train.seed
     comm.agree(batch >= comm.size, f"train.batch_size={batch} is smaller than the number of "
                f"ranks ({comm.size}): every rank needs at least one sample per batch")
-    threads = blas_threads(comm, cfg.run.threads)
+    threads = cfg.run.threads or comm.cores_per_rank
     threadpool_limits(threads)
     # Overflow shows up as a non-finite gradient, which the loop reports in one clear line
     # (and --debug pins to a layer); numpy's per-operation warnings would only add noise.

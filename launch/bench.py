@@ -1,0 +1,293 @@
+"""Training throughput against this machine's own float32 GEMM peak, per preset and rank count.
+
+    python -m launch.bench                               # mlp, cnn, best in this process (1 rank)
+    mpirun -n 2 python -m launch.bench                   # any MPI launch: measured on its ranks
+    python -m launch.bench --ranks 1,2,4                 # launches itself with mpirun per rank count
+    python -m launch.bench --ranks 1,2 --threads 1       # 1 BLAS thread per rank (scaling)
+    python -m launch.bench --presets cnn --long          # longer, steadier measurement
+    python -m launch.bench --quick --out /tmp/b.json     # a few steps: checks that it runs
+
+What a step is: exactly dist/train.py's step on real MNIST (data.prepare.ensure_dataset()):
+keyed augmentation (if the preset asks) and normalize ("data"), model.forward with keyed
+dropout noise ("forward", includes the batch-norm reduces), the loss and model.backward
+("backward"), comm.allreduce_sum_(model.grad) ("allreduce": includes waiting for the slowest
+rank), the finiteness check and opt.step ("optimizer"). Steps run in blocks; images/s and the
+split come from the fastest block (best-of-N: the machine may be shared).
+
+The physical limit: a plain float32 numpy matmul (2048 square, best of several) run by every
+rank at once with the same BLAS threads as training; the sum over ranks is the machine's
+GEMM peak for this launch. Achieved GFLOP/s = images/s x training FLOPs per image, where the
+training FLOPs are 3x the model's forward FLOPs (forward, dW and dx GEMMs) minus the dx of the
+first layer with parameters, which the model never computes (see launch/bench_table.py).
+
+Also: evaluation images/s (rank 0, model.forward in eval mode over validation images, with all
+cores, as dist.train does at epoch end) and peak memory per rank (ru_maxrss). With --ranks,
+every (preset, rank count) runs in its own mpirun, so ru_maxrss is that preset's own peak; in
+a direct launch it is the process's peak so far (presets run in order).
+
+Prints a table and writes JSON ({"rows": [...], ...}; `python -m launch.report` plots the rows
+when the file is copied into a run folder as bench.json) to runs/bench-<time>/bench.json or --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
+
+from core.keyed_random import keyed_uniform, sample_keys
+from core.losses import LOSSES
+from core.model import Model
+from core.optim import SGD
+from data.augment import random_affine
+from data.prepare import ensure_dataset
+from data.shards import normalize, read_epoch_shard, read_split
+from dist.comm import Comm
+from dist.config import CONFIG_DIR, load_config
+from dist.evaluate import evaluate
+from launch.bench_table import BEST_LAYERS, PHASES, format_table, train_flops
+
+REPO = Path(__file__).resolve().parents[1]
+CHILD_ENV = "MPIGRAD_BENCH_CHILD"
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="python -m launch.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", default="mlp,cnn,best", help="comma-separated presets")
+    ap.add_argument("--ranks", default="", help="e.g. 1,2,4: run each with mpirun -n N")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="BLAS threads per rank (0: cores // ranks on this node, min 1)")
+    ap.add_argument("--seconds", type=float, default=1.0, help="target length of a timed block")
+    ap.add_argument("--blocks", type=int, default=3, help="timed blocks per preset (best wins)")
+    ap.add_argument("--eval-images", type=int, default=2000)
+    ap.add_argument("--quick", action="store_true", help="tiny: for tests and a first look")
+    ap.add_argument("--long", action="store_true", help="5 blocks of 5 s per preset")
+    ap.add_argument("--out", help="JSON path (default runs/bench-<time>/bench.json)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.seconds, args.blocks, args.eval_images = 0.05, 1, 200
+    if args.long:
+        args.seconds, args.blocks, args.eval_images = 5.0, 5, 5000
+    args.presets = [p for p in args.presets.split(",") if p]
+    return args
+
+
+def preset_config(name: str):
+    """The preset's config; `best` falls back to the documented architecture until
+    launch/configs/best.toml exists (cnn's optimizer, augmentation on)."""
+    if name == "best" and not (CONFIG_DIR / "best.toml").exists():
+        cfg = load_config("cnn")
+        cfg.model.layers, cfg.data.augment, cfg.preset = BEST_LAYERS, True, "best"
+        return cfg
+    return load_config(name)
+
+
+def gemm_peak(comm: Comm, n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of a float32 n x n matmul on every rank at once, summed over ranks."""
+    rng = np.random.default_rng(comm.rank)
+    a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+    c = np.empty((n, n), np.float32)
+    np.matmul(a, b, out=c)                                  # warm-up: threads, pages
+    best = np.inf
+    for _ in range(repeats):
+        comm.wait_for_root() if comm.size > 1 else None     # start together
+        t = time.perf_counter()
+        np.matmul(a, b, out=c)
+        best = min(best, time.perf_counter() - t)
+    return float(comm.allreduce_sum(np.array([2 * n ** 3 / best / 1e9]))[0])
+
+
+def bench_preset(comm: Comm, name: str, data_path: str, threads: int, args) -> dict:
+    """Time dist.train's step for one preset on this launch's ranks; rank 0 gets the row."""
+    cfg = preset_config(name)
+    batch, seed = cfg.train.batch_size, cfg.train.seed
+    model = Model(cfg.model.layers, seed=seed, reduce=comm.allreduce_sum)
+    opt = SGD(model.theta.size, momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov,
+              weight_decay=cfg.optim.weight_decay, decay_mask=model.decay_mask)
+    loss_fn, lr = LOSSES[cfg.model.loss], cfg.optim.lr * 0.1   # small lr: stays finite
+    shard = read_epoch_shard(data_path, seed, 0, comm.rank, comm.size, batch,
+                             split_seed=cfg.data.split_seed, val_size=cfg.data.val_size)
+    k = 0
+
+    def step(times):
+        nonlocal k
+        t0 = time.perf_counter()
+        lo, hi = shard.batch_offsets[k % shard.steps], shard.batch_offsets[k % shard.steps + 1]
+        keys = sample_keys(seed, 0, shard.indices[lo:hi])
+        images = shard.images[lo:hi]
+        if cfg.data.augment:
+            images = random_affine(images, keys, cfg.data.max_shift, cfg.data.max_rotate,
+                                   cfg.data.max_scale)
+        x, y = normalize(images), shard.labels[lo:hi].astype(np.int64)
+        noise = lambda stream, shape: keyed_uniform(keys, stream, shape)  # noqa: E731
+        t1 = time.perf_counter()
+        out = model.forward(x, train=True, noise=noise)
+        t2 = time.perf_counter()
+        _, dout = loss_fn(out, y, divisor=batch)
+        model.backward(dout)
+        t3 = time.perf_counter()
+        comm.allreduce_sum_(model.grad)
+        t4 = time.perf_counter()
+        if not np.isfinite(np.dot(model.grad, model.grad)):
+            raise FloatingPointError(f"{name}: non-finite gradient in the benchmark")
+        opt.step(model.theta, model.grad, lr)
+        (out.argmax(axis=1) == y).sum()                       # as the loop's accuracy tally
+        t5 = time.perf_counter()
+        times += np.array([t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4])
+        k += 1
+
+    for _ in range(2):                                         # warm-up: buffers, pages
+        step(np.zeros(len(PHASES)))
+    # Steps per block from a probe, agreed by all ranks (they must run the same count).
+    probe = time.perf_counter()
+    step(np.zeros(len(PHASES)))
+    per_step = float(comm.allreduce_sum(np.array([time.perf_counter() - probe]))[0]) / comm.size
+    steps = max(2, int(args.seconds / max(per_step, 1e-4)))
+    best = None
+    for _ in range(args.blocks):
+        times = np.zeros(len(PHASES))
+        t = time.perf_counter()
+        for _ in range(steps):
+            step(times)
+        wall = float(comm.allreduce_sum(np.array([time.perf_counter() - t]))[0]) / comm.size
+        if best is None or wall < best[0]:
+            best = (wall, times / steps)
+    wall, split = best
+    eval_ips = eval_speed(comm, model, data_path, cfg, args.eval_images)
+    rss = comm.world.gather(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, root=0) \
+        if comm.size > 1 else [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]
+    ips = steps * batch / wall
+    flops = train_flops(model)
+    return {"preset": name, "ranks": comm.size, "threads": threads, "batch_size": batch,
+            "steps": steps, "blocks": args.blocks, "images_per_s": ips,
+            "step_ms": 1e3 * wall / steps, "train_flops_per_image": flops,
+            "gflops": ips * flops / 1e9,
+            "split_ms": {p: 1e3 * float(s) for p, s in zip(PHASES, split)},
+            "eval_images_per_s": eval_ips, "peak_rss_mib": max(rss) if rss else None,
+            "rss_mib_per_rank": rss, "params": int(model.theta.size),
+            "augment": bool(cfg.data.augment)}
+
+
+def eval_speed(comm: Comm, model: Model, data_path: str, cfg, n: int) -> float | None:
+    """Rank 0 evaluates n validation images with all cores; the others sleep meanwhile."""
+    ips = None
+    if comm.is_root and n > 0:
+        images, labels, _ = read_split(data_path, "val", cfg.data.split_seed, cfg.data.val_size)
+        images, labels = images[:n], labels[:n]
+        with threadpool_limits(len(os.sched_getaffinity(0))):
+            evaluate(model, images[:100], labels[:100], cfg.model.loss)      # warm-up
+            t = time.perf_counter()
+            evaluate(model, images, labels, cfg.model.loss)
+            ips = len(images) / (time.perf_counter() - t)
+    comm.wait_for_root()
+    return ips
+
+
+def blas_info() -> dict:
+    info = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    return {k: info[0].get(k) for k in ("internal_api", "version", "architecture",
+                                        "threading_layer")} if info else {}
+
+
+def run_here(args) -> dict | None:
+    """Measure every preset on the ranks of this launch; rank 0 returns the results."""
+    comm = Comm()
+    cores = len(os.sched_getaffinity(0))
+    threads = args.threads or getattr(comm, "cores_per_rank", None) \
+        or max(1, cores // comm.local_size)
+    np.seterr(over="ignore", invalid="ignore", divide="ignore")
+    data_path = str(ensure_dataset(quiet=True)) if comm.is_root else None
+    data_path = comm.bcast(data_path)
+    rows = []
+    with threadpool_limits(threads, user_api="blas"):
+        peak = gemm_peak(comm, repeats=2 if args.quick else 5)
+        for name in args.presets:
+            row = bench_preset(comm, name, data_path, threads, args)
+            row.update(peak_gflops=peak, pct_peak=100 * row["gflops"] / peak)
+            rows.append(row)
+    if not comm.is_root:
+        return None
+    return {"rows": rows, "machine": {"cores": cores, "blas": blas_info(),
+                                      "numpy": np.__version__, "cpu": cpu_name()},
+            "command": " ".join(["python -m launch.bench"] + sys.argv[1:]),
+            "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "?"
+
+
+def run_ranks(args, argv) -> dict:
+    """--ranks: one mpirun per (rank count, preset), so ru_maxrss is that preset's own."""
+    mpirun = Path(sys.executable).parent / "mpirun"
+    mpirun = str(mpirun) if mpirun.exists() else "mpirun"
+    cores = len(os.sched_getaffinity(0))
+    passthrough = [a for a in strip_option(strip_option(strip_option(argv, "--ranks"),
+                                                        "--out"), "--presets")]
+    result = None
+    env = dict(os.environ, **{CHILD_ENV: "1"})
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in [int(r) for r in args.ranks.split(",") if r]:
+            for name in args.presets:
+                out = Path(tmp) / f"{name}-{n}.json"
+                threads = args.threads or max(1, cores // n)
+                cmd = [mpirun, "-n", str(n), sys.executable, "-m", "launch.bench",
+                       "--presets", name, "--threads", str(threads), "--out", str(out),
+                       *passthrough]
+                print(f"# {n} rank(s) x {threads} thread(s): {name}", file=sys.stderr, flush=True)
+                proc = subprocess.run(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL)
+                if proc.returncode != 0:
+                    raise SystemExit(f"error: {' '.join(cmd)} exited with {proc.returncode}")
+                part = json.loads(out.read_text())
+                result = part if result is None else {**result, "rows": result["rows"] + part["rows"]}
+    result["command"] = " ".join(["python -m launch.bench"] + argv)
+    return result
+
+
+def strip_option(argv, name):
+    """argv without `name VALUE` / `name=VALUE`."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == name:
+            skip = True
+        elif not a.startswith(name + "="):
+            out.append(a)
+    return out
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    result = run_ranks(args, argv) if args.ranks else run_here(args)
+    if result is None:                                         # not rank 0
+        return 0
+    out = Path(args.out) if args.out else \
+        REPO / "runs" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}" / "bench.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    if not os.environ.get(CHILD_ENV):
+        print(format_table(result))
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

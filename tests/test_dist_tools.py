@@ -1,0 +1,88 @@
+"""dist.evaluate, --debug and dist.ensemble, end to end on real MNIST."""
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from dist.evaluate import evaluate, model_from_checkpoint
+from data.shards import read_split
+from tests.dist_helpers import error_lines, run_job, small_run_args
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture(scope="module")
+def trained(mnist_h5, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    result = run_job(2, small_run_args(mnist_h5, runs, "t", "--set", "train.epochs=1",
+                                       "--set", "train.steps_per_epoch=40"))
+    assert result.returncode == 0, result.stderr
+    return runs / "t"
+
+
+def test_evaluate_cli_matches_the_library_and_the_final_report(trained, mnist_h5):
+    out = run_job(1, [str(trained / "best.h5"), "--json"], module="dist.evaluate")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    model, ckpt = model_from_checkpoint(trained / "best.h5")
+    images, labels, _ = read_split(mnist_h5, "test")
+    direct = evaluate(model, images, labels, "xent")
+    assert result["acc"] == direct["acc"] and abs(result["loss"] - direct["loss"]) < 1e-6
+    confusion = np.array(result["confusion"])
+    assert confusion.sum() == 10000 and np.trace(confusion) == round(result["acc"] * 10000)
+    assert result["acc"] > 0.85  # 40 steps of a small CNN already learn a lot
+    final = json.loads((trained / "final.json").read_text())
+    assert final["test_acc"] == result["acc"]
+    text = run_job(1, [str(trained)], module="dist.evaluate")
+    assert "accuracy" in text.stdout and "true\\pred" in text.stdout
+
+
+def test_evaluate_refuses_a_bad_checkpoint_in_one_line(tmp_path):
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not hdf5 at all")
+    out = run_job(1, [str(bad)], module="dist.evaluate")
+    lines = error_lines(out.stderr)
+    assert out.returncode == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"error: {bad}: corrupt or truncated checkpoint"), lines
+
+
+def test_debug_mode_checks_gradients_and_runs_short(mnist_h5, tmp_path):
+    out = run_job(1, ["--debug", *small_run_args(mnist_h5, tmp_path, "dbg",
+                                                 "--set", "train.steps_per_epoch=0")])
+    assert out.returncode == 0, out.stderr
+    line = next(ln for ln in out.stdout.splitlines() if "gradient check" in ln)
+    assert float(line.split("max relative error ")[1].split()[0]) < 1e-4
+    assert "20 steps/epoch" in out.stdout  # --debug shortens the epoch
+
+
+def test_debug_mode_names_the_layer_that_overflows(mnist_h5, tmp_path):
+    # A learning rate this large blows the weights up at the first step; --debug points at the
+    # first layer whose output stops being finite instead of reporting a NaN loss.
+    out = run_job(1, ["--debug", *small_run_args(mnist_h5, tmp_path, "dbg", "--set",
+                                                 "optim.lr=1e30")])
+    assert out.returncode == 2
+    lines = error_lines(out.stderr)
+    assert len(lines) == 1 and "--debug: layer" in lines[0] and "non-finite" in lines[0], lines
+
+
+def test_ensemble_of_two_averages_member_probabilities(mnist_h5, tmp_path):
+    out = run_job(2, ["--members", "2", "--name", "ens",
+                      *small_run_args(mnist_h5, tmp_path, "ignored", "--set", "train.epochs=1")],
+                  module="dist.ensemble")
+    assert out.returncode == 0, out.stderr
+    result = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
+    thetas = []
+    for m in range(2):
+        with h5py.File(tmp_path / "ens" / f"member-{m}" / "best.h5", "r") as f:
+            thetas.append(f["theta"][...])
+            assert json.loads(f.attrs["config"])["train"]["seed"] == m
+    assert not np.array_equal(thetas[0], thetas[1])  # different seeds, different models
+    # Recompute the ensemble from the members' probabilities.
+    from dist.evaluate import predict_scores, scores_to_proba
+    images, labels, _ = read_split(mnist_h5, "test")
+    probas = [scores_to_proba(predict_scores(model_from_checkpoint(
+        tmp_path / "ens" / f"member-{m}" / "best.h5")[0], images), "xent") for m in range(2)]
+    expected = (np.mean(probas, axis=0).argmax(1) == labels).mean()
+    assert result["test"]["ensemble"] == pytest.approx(expected, abs=1e-12)
+    assert len(result["test"]["members"]) == 2
