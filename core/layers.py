@@ -5,7 +5,10 @@ Every layer follows one small contract (the homework's equations, one layer at a
     forward(x, train)  -> y    caches what backward needs (only when train=True)
     backward(dy)       -> dx   WRITES (=, never +=) its parameter gradients into its grad
                                views and returns dL/dx (None when `need_dx` is False,
-                               which the model sets on its first layer: nobody needs dL/dimage)
+                               which the model sets on its first layer: nobody needs dL/dimage).
+                               It may overwrite dy and return it as dx: the model owns every
+                               gradient array (Model.backward copies dout), and reusing it
+                               saves a pass over memory and a fresh allocation per layer.
 
 Parameters are not owned by the layer.  The Model allocates one flat `theta` and one flat
 `grad` and hands each layer reshaped *views* into them via `bind`; the layer reaches them
@@ -21,6 +24,17 @@ and the type registry in core/spec.py.  Tested by tests/test_core_gradcheck.py.
 import numpy as np
 
 REQUIRED = object()   # marker in KEYS: the spec must give this key
+_ONES = {}            # (n, dtype) -> a vector of n ones, for column_sum
+
+
+def column_sum(a, out):
+    """out (C,) = sum of the rows of a (N, C), as a GEMV with a ones vector: BLAS streams the
+    rows ~3x faster than numpy's row-by-row reduction along axis 0 (float32 accumulation,
+    fine for a gradient; batch-norm statistics use per-sample blocks, see core/norm.py)."""
+    key = (a.shape[0], a.dtype)
+    if key not in _ONES:
+        _ONES[key] = np.ones(a.shape[0], a.dtype)
+    return np.matmul(_ONES[key], a, out=out)
 
 
 class Layer:
@@ -107,7 +121,7 @@ class Dense(Layer):
 
     def backward(self, dy):                  # dy (B, O)
         np.matmul(self.x.T, dy, out=self.dW)  # (F, B) @ (B, O) -> (F, O)
-        np.sum(dy, axis=0, out=self.db)       # (O,)
+        column_sum(dy, out=self.db)           # (O,)
         return dy @ self.W.T if self.need_dx else None   # (B, O) @ (O, F) -> (B, F)
 
 
@@ -121,7 +135,13 @@ class ReLU(Layer):
         return y                              # holds y anyway, so caching it is free
 
     def backward(self, dy):
-        return dy * (self.y > 0)
+        # In place, with a reused mask: no fresh arrays.  (A masked copyto(where=) looks
+        # cheaper but branches per element and is ~5x slower on real, half-off masks.)
+        on = self.__dict__.get("_on")
+        if on is None or on.shape != dy.shape:
+            on = self._on = np.empty(dy.shape, bool)
+        np.greater(self.y, 0, out=on)
+        return np.multiply(dy, on, out=dy)
 
 
 class Sigmoid(Layer):

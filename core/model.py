@@ -131,7 +131,7 @@ class Model:
         With input_grad=True also return dL/dx (gradient checks use it)."""
         if not self._train_cache:
             raise RuntimeError("Model.backward needs a preceding forward(x, train=True)")
-        d = np.asarray(dout, self.dtype)
+        d = np.array(dout, self.dtype)          # a copy: layers may overwrite their dy
         start = 0 if input_grad else self._first_param
         if self._first_param < len(self.layers):
             self.layers[self._first_param].need_dx = input_grad

@@ -50,6 +50,29 @@ class BatchNorm(Layer):
     def flops(self, input_shape):
         return 2 * int(np.prod(input_shape))   # scale and shift (normalization folded in)
 
+    def _sums(self, a):
+        """float64 (C,) per-channel sums of a (B, ..., C): float32 sums within each sample
+        (a batched GEMV with a ones vector over its H*W positions; BLAS, fast), then float64
+        across samples.  Float64 accumulators keep the rounding far below float32's, and a
+        sample's own sum does not depend on which rank holds it, so a batch split over 4
+        ranks gets the same float32 statistics as the whole batch in one process (world-size
+        invariance) -- at ~4x the speed of one float64 reduction over all B*H*W rows."""
+        p = int(np.prod(a.shape[1:-1]))                          # positions per sample
+        per_sample = a.reshape(len(a), p, a.shape[-1])            # (B, P, C), P = H*W or 1
+        if per_sample.shape[1] > 1:
+            ones = self.__dict__.get("_ones")
+            if ones is None or ones.shape[0] != per_sample.shape[1] or ones.dtype != a.dtype:
+                ones = self._ones = np.ones(per_sample.shape[1], a.dtype)
+            per_sample = ones @ per_sample                         # (B, C)
+        return np.sum(per_sample.reshape(-1, a.shape[-1]), axis=0, dtype=np.float64)
+
+    def _scratch(self, shape, dtype):
+        """A (N, C) work array reused from step to step (squares, products)."""
+        buf = self.__dict__.get("_tmp")
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = self._tmp = np.empty(shape, dtype)
+        return buf
+
     def forward(self, x, train):
         c = x.shape[-1]
         dt = x.dtype.type
@@ -57,14 +80,13 @@ class BatchNorm(Layer):
             # Fold running stats into one scale and shift per channel.
             scale = self.gamma / np.sqrt(self.running_var + dt(self.eps))   # (C,)
             shift = self.beta - self.running_mean * scale
-            return x * scale + shift              # broadcasts over the last axis
+            y = x * scale                         # broadcasts over the last axis
+            y += shift
+            return y
         xs = x.reshape(-1, c)                     # (N, C), N = local B or B*H*W
         # Reduce 1: per-channel sums and the sample count, in one vector.
-        # The sums run over N = B*H*W numbers per channel; float64 accumulators keep their
-        # rounding (~1e-16) far below float32's, so a batch split over 4 ranks gets the same
-        # float32 statistics as the whole batch in one process (world-size invariance).
         vec = np.empty(c + 1, np.float64)
-        np.sum(xs, axis=0, dtype=np.float64, out=vec[:c])
+        vec[:c] = self._sums(x)
         vec[c] = xs.shape[0]
         tot = np.asarray(self.reduce(vec), np.float64)
         m = tot[c]                                # global count
@@ -72,12 +94,13 @@ class BatchNorm(Layer):
             self.xhat = None
             return x.copy()
         mean = (tot[:c] / m).astype(x.dtype)      # (C,)
-        xc = xs - mean                            # (N, C)
+        xhat = np.subtract(xs, mean)              # (N, C): centred now, normalized below
         # Reduce 2: centered sums of squares (two-pass variance).
-        sq = np.asarray(self.reduce(np.sum(xc * xc, axis=0, dtype=np.float64)), np.float64)
+        sq = self._scratch(xs.shape, x.dtype)
+        np.multiply(xhat, xhat, out=sq)
+        sq = np.asarray(self.reduce(self._sums(sq.reshape(x.shape))), np.float64)
         var = (sq / m).astype(x.dtype)            # (C,) biased
         inv = dt(1) / np.sqrt(var + dt(self.eps))        # (C,)
-        xhat = xc                                 # (N, C): normalize xc in place
         xhat *= inv
         y = xhat * self.gamma
         y += self.beta
@@ -96,14 +119,19 @@ class BatchNorm(Layer):
             return dy.copy()
         c = dy.shape[-1]
         dys = dy.reshape(-1, c)                   # (N, C)
-        local = np.empty(2 * c, np.float64)      # float64 sums, as in forward
-        np.sum(dys, axis=0, dtype=np.float64, out=local[:c])
-        np.sum(dys * self.xhat, axis=0, dtype=np.float64, out=local[c:])
+        prod = self._scratch(dys.shape, dy.dtype)
+        np.multiply(dys, self.xhat, out=prod)     # dy * xhat
+        local = np.empty(2 * c, np.float64)       # float64 sums, as in forward
+        local[:c] = self._sums(dy)
+        local[c:] = self._sums(prod.reshape(dy.shape))
         self.dbeta[...] = local[:c]               # local sums: the allreduce adds the rest
         self.dgamma[...] = local[c:]
         tot = np.asarray(self.reduce(local.copy()), np.float64)  # copy: a reduce may work in place
         m = self.m
-        dx = dys - (tot[:c] / m).astype(dy.dtype)
-        dx -= self.xhat * (tot[c:] / m).astype(dy.dtype)
+        # dx = gamma * inv * (dy - sum(dy)/m - xhat * sum(dy*xhat)/m), in place in dy
+        dx = dys
+        dx -= (tot[:c] / m).astype(dy.dtype)
+        np.multiply(self.xhat, (tot[c:] / m).astype(dy.dtype), out=prod)
+        dx -= prod
         dx *= self.gamma * self.inv
         return dx.reshape(dy.shape)

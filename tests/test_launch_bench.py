@@ -1,0 +1,35 @@
+"""Smoke test of the benchmark: `python -m launch.bench --quick` runs and writes sane JSON.
+
+A benchmark is not a test: no timing is asserted, only that every field is there and positive.
+"""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.dist_helpers import REPO, env
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def test_quick_bench_writes_rows_with_positive_numbers(mnist_h5, tmp_path):
+    out = tmp_path / "bench.json"
+    e = env()
+    e["MPIGRAD_DATA"] = str(mnist_h5)
+    result = subprocess.run([sys.executable, "-m", "launch.bench", "--quick", "--presets",
+                             "mlp,cnn", "--out", str(out)], cwd=REPO, env=e,
+                            capture_output=True, text=True, timeout=170)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    assert data["machine"]["blas"].get("internal_api")
+    rows = data["rows"]
+    assert [r["preset"] for r in rows] == ["mlp", "cnn"]
+    for r in rows:
+        assert r["ranks"] == 1 and r["threads"] >= 1
+        for key in ("images_per_s", "gflops", "peak_gflops", "pct_peak", "step_ms",
+                    "train_flops_per_image", "eval_images_per_s", "peak_rss_mib"):
+            assert r[key] > 0, key
+        assert set(r["split_ms"]) == {"data", "forward", "backward", "allreduce", "optimizer"}
+        assert all(v >= 0 for v in r["split_ms"].values())
+    assert "img/s" in result.stdout
