@@ -66,9 +66,11 @@ class Comm:
         # ranks on the node share the same cores: divide them.
         mine = os.sched_getaffinity(0)
         sets = node.allgather(sorted(mine)) if node is not None else [sorted(mine)]
-        disjoint = sum(len(s) for s in sets) == len(set().union(*map(set, sets)))
         shared = len(set().union(*map(set, sets)))
+        disjoint = sum(len(s) for s in sets) == shared
         self.cores_per_rank = len(mine) if disjoint else max(1, shared // self.local_size)
+        # More ranks than cores on this node: a rank that waits must give its core away.
+        self.oversubscribed = self.local_size > shared
         if node is not None:
             node.Free()
 
@@ -85,9 +87,21 @@ class Comm:
                 time.sleep(POLL_SECONDS)
 
     def allreduce_sum_(self, buf: np.ndarray) -> np.ndarray:
-        """Sum a contiguous numpy array over all ranks, in place. Returns ``buf``."""
-        if self.size > 1:
-            self._wait(self.world.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM))
+        """Sum a contiguous numpy array over all ranks, in place. Returns ``buf``.
+
+        With a core per rank the blocking call is fastest (MPICH progresses a large message
+        without waiting for our polls). With more ranks than cores, a blocking call would spin
+        on a core another rank needs for its forward pass, so we poll and yield instead."""
+        if self.size == 1:
+            return buf
+        if self.oversubscribed:
+            # Each round of the allreduce needs every rank to poll; yielding (instead of
+            # sleeping) lets a rank that still computes have the core, yet answers at once.
+            request = self.world.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+            while not request.Test():
+                os.sched_yield()
+        else:
+            self.world.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
         return buf
 
     def allreduce_sum(self, array: np.ndarray) -> np.ndarray:
