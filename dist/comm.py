@@ -131,8 +131,10 @@ class Comm:
             if not ok:
                 raise ExpectedError(message, everywhere=True)
             return
+        # Ranks often wait here while rank 0 evaluates or writes a checkpoint (see
+        # dist.train.on_root): sleep between polls so they leave rank 0 every core.
         flags = np.array([0 if ok else 1], dtype=np.int32)
-        self.allreduce_sum_(flags)
+        self._wait(self.world.Iallreduce(MPI.IN_PLACE, flags, op=MPI.SUM))
         if flags[0] == 0:
             return
         messages = self.world.allgather(None if ok else message)

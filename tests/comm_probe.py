@@ -1,0 +1,25 @@
+"""MPI probe for tests/test_dist_comm.py: `mpirun -n N python tests/comm_probe.py`.
+
+Rank 0 works for 2 s (like an evaluation) while the others wait in `agree`; each rank prints
+how much CPU it used while waiting, then the sum of an allreduce.
+"""
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from dist.comm import Comm  # noqa: E402
+
+comm = Comm()
+wall, cpu = time.perf_counter(), time.process_time()
+if comm.is_root:
+    time.sleep(2.0)  # rank 0 is busy; it does not need the CPU for this probe
+comm.agree(True)
+wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+buf = np.full(1000, comm.rank + 1, dtype=np.float32)
+comm.allreduce_sum_(buf)
+print(f"rank {comm.rank} waited {wall:.2f}s cpu {cpu:.2f}s sum {buf[0]:.0f} "
+      f"oversubscribed {comm.oversubscribed}", flush=True)

@@ -1,0 +1,25 @@
+"""The communicator: in-place allreduce, and ranks that wait for rank 0 do not spin a core."""
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.dist_helpers import MPIRUN, REPO, env
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_waiting_ranks_sleep_and_allreduce_sums(ranks):
+    out = subprocess.run([MPIRUN, "-n", str(ranks), sys.executable, "tests/comm_probe.py"],
+                         cwd=REPO, env=env(), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rows = re.findall(r"rank (\d+) waited ([\d.]+)s cpu ([\d.]+)s sum (\d+)", out.stdout)
+    assert len(rows) == ranks
+    for rank, waited, cpu, total in rows:
+        assert int(total) == ranks * (ranks + 1) // 2
+        if rank != "0":
+            assert float(waited) > 1.5
+            # A rank spinning in a blocking MPI call would use ~100% of a core while waiting.
+            assert float(cpu) < 0.25 * float(waited), (rank, waited, cpu)
