@@ -117,6 +117,20 @@ def build_optimizer(cfg, model: Model, steps: int):
     return opt, lr_at
 
 
+def local_batch(cfg, shard, k: int, epoch: int):
+    """This rank's part of global batch k: images (b, 28, 28, 1) float32, labels (b,) and the
+    dropout noise. Random numbers are keyed by (seed, epoch, global sample index), never by
+    rank, so a sample is augmented and dropped out the same way on any number of ranks."""
+    lo, hi = shard.batch_offsets[k], shard.batch_offsets[k + 1]
+    keys = sample_keys(cfg.train.seed, epoch, shard.indices[lo:hi])
+    images = shard.images[lo:hi]
+    if cfg.data.augment:
+        images = random_affine(images, keys, cfg.data.max_shift, cfg.data.max_rotate,
+                               cfg.data.max_scale)
+    noise = lambda stream, shape: keyed_uniform(keys, stream, shape)  # noqa: E731
+    return normalize(images), shard.labels[lo:hi].astype(np.int64), noise
+
+
 def prepare_data(cfg) -> str:
     """The HDF5 file to train on: a named file must exist; the default is prepared on first use."""
     if cfg.data.path and not Path(cfg.data.path).is_file():
@@ -241,15 +255,7 @@ def main(comm: Comm, argv=None) -> None:
         for k in range(first, steps):
             t0 = time.perf_counter()
             lr = lr_at(global_step)
-            lo, hi = shard.batch_offsets[k], shard.batch_offsets[k + 1]
-            # Random numbers are keyed by (seed, epoch, global sample index), never by rank.
-            keys = sample_keys(seed, epoch, shard.indices[lo:hi])
-            images = shard.images[lo:hi]
-            if cfg.data.augment:
-                images = random_affine(images, keys, cfg.data.max_shift, cfg.data.max_rotate,
-                                       cfg.data.max_scale)
-            x, y = normalize(images), shard.labels[lo:hi].astype(np.int64)
-            noise = lambda stream, shape: keyed_uniform(keys, stream, shape)  # noqa: E731
+            x, y, noise = local_batch(cfg, shard, k, epoch)
             t1 = time.perf_counter()
             if args.debug and global_step == 0:
                 debug_first_step(comm, model, x, y, cfg.model.loss, batch, noise)

@@ -43,16 +43,14 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from core.keyed_random import keyed_uniform, sample_keys
 from core.losses import LOSSES
 from core.model import Model
-from core.optim import SGD
-from data.augment import random_affine
 from data.prepare import ensure_dataset
-from data.shards import normalize, read_epoch_shard, read_split
+from data.shards import read_epoch_shard, read_split
 from dist.comm import Comm
 from dist.config import CONFIG_DIR, load_config
 from dist.evaluate import evaluate
+from dist.train import build_model, build_optimizer, local_batch
 from launch.bench_table import BEST_LAYERS, PHASES, format_table, train_flops
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,25 +108,17 @@ def bench_preset(comm: Comm, name: str, data_path: str, threads: int, args) -> d
     """Time dist.train's step for one preset on this launch's ranks; rank 0 gets the row."""
     cfg = preset_config(name)
     batch, seed = cfg.train.batch_size, cfg.train.seed
-    model = Model(cfg.model.layers, seed=seed, reduce=comm.allreduce_sum)
-    opt = SGD(model.theta.size, momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov,
-              weight_decay=cfg.optim.weight_decay, decay_mask=model.decay_mask)
-    loss_fn, lr = LOSSES[cfg.model.loss], cfg.optim.lr * 0.1   # small lr: stays finite
+    model = build_model(cfg, comm)
     shard = read_epoch_shard(data_path, seed, 0, comm.rank, comm.size, batch,
                              split_seed=cfg.data.split_seed, val_size=cfg.data.val_size)
+    opt, _ = build_optimizer(cfg, model, shard.steps)
+    loss_fn, lr = LOSSES[cfg.model.loss], cfg.optim.lr * 0.1   # small lr: stays finite
     k = 0
 
     def step(times):
         nonlocal k
         t0 = time.perf_counter()
-        lo, hi = shard.batch_offsets[k % shard.steps], shard.batch_offsets[k % shard.steps + 1]
-        keys = sample_keys(seed, 0, shard.indices[lo:hi])
-        images = shard.images[lo:hi]
-        if cfg.data.augment:
-            images = random_affine(images, keys, cfg.data.max_shift, cfg.data.max_rotate,
-                                   cfg.data.max_scale)
-        x, y = normalize(images), shard.labels[lo:hi].astype(np.int64)
-        noise = lambda stream, shape: keyed_uniform(keys, stream, shape)  # noqa: E731
+        x, y, noise = local_batch(cfg, shard, k % shard.steps, epoch=0)
         t1 = time.perf_counter()
         out = model.forward(x, train=True, noise=noise)
         t2 = time.perf_counter()

@@ -1,5 +1,4 @@
 """Each bad input to `dist.train`: one line naming the problem, exit code 2, no file touched."""
-import shutil
 
 import pytest
 
