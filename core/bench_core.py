@@ -17,9 +17,11 @@ from core.keyed_random import keyed_noise
 from core.losses import softmax_cross_entropy
 from core.model import Model
 
-CNN = [{"type": "conv", "out": 32, "kernel": 5, "pad": 2}, {"type": "relu"}, {"type": "maxpool", "kernel": 2},
-       {"type": "conv", "out": 64, "kernel": 5, "pad": 2}, {"type": "relu"}, {"type": "maxpool", "kernel": 2},
-       {"type": "flatten"}, {"type": "dense", "out": 256}, {"type": "relu"}, {"type": "dropout", "p": 0.4},
+# The layers of launch/configs/cnn.toml (core/ reads no files, so they are repeated here;
+# tests/test_core_spec.py checks that the two agree).
+CNN = [{"type": "conv", "out": 32, "kernel": 3, "pad": 1}, {"type": "relu"}, {"type": "maxpool", "kernel": 2},
+       {"type": "conv", "out": 64, "kernel": 3, "pad": 1}, {"type": "relu"}, {"type": "maxpool", "kernel": 2},
+       {"type": "flatten"}, {"type": "dense", "out": 128}, {"type": "relu"}, {"type": "dropout", "p": 0.3},
        {"type": "dense", "out": 10}]
 
 

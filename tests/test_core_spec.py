@@ -156,3 +156,13 @@ def test_float32_throughout():
     _, d = softmax_cross_entropy(out, np.arange(4), 4)
     dx = m.backward(d, input_grad=True)
     assert dx.dtype == m.grad.dtype == m.state.dtype == np.float32
+
+
+def test_core_benchmark_measures_the_cnn_preset():
+    """core.bench_core repeats the cnn preset's layers (core/ reads no files): keep them equal."""
+    import tomllib
+    from pathlib import Path
+
+    from core.bench_core import CNN
+    preset = tomllib.loads((Path(__file__).parents[1] / "launch/configs/cnn.toml").read_text())
+    assert Model(CNN).spec == Model(preset["model"]["layers"]).spec
