@@ -47,12 +47,11 @@ FAULTY = "tests/faulty_rank.py"  # dist.train with one rank's shard reader broke
 
 @pytest.mark.parametrize("kind", ["crash", "dataerror"])
 def test_failure_on_one_rank_ends_every_rank(mnist_h5, tmp_path, kind):
-    t = time.monotonic()
+    # Without the abort/agree machinery rank 0 would wait forever in its next collective:
+    # the timeout (startup included) turns such a hang into a failure.
     result = run_job(2, [kind, *small_run_args(mnist_h5, tmp_path, kind)],
-                     timeout=60, module=FAULTY)
-    elapsed = time.monotonic() - t
+                     timeout=40, module=FAULTY)
     assert result.returncode != 0
-    assert elapsed < 30  # startup included; the failure itself ends the job at once
     if kind == "dataerror":
         assert result.returncode == 2
         lines = error_lines(result.stderr)
