@@ -86,3 +86,17 @@ def test_ensemble_of_two_averages_member_probabilities(mnist_h5, tmp_path):
     expected = (np.mean(probas, axis=0).argmax(1) == labels).mean()
     assert result["test"]["ensemble"] == pytest.approx(expected, abs=1e-12)
     assert len(result["test"]["members"]) == 2
+
+
+def test_early_stopping_stops_when_validation_stops_improving(mnist_h5, tmp_path):
+    # With a vanishing learning rate the weights cannot improve after epoch 1: patience 2
+    # ends the run after epoch 3 of 10, and best.h5 stays the epoch-1 model.
+    out = run_job(1, small_run_args(mnist_h5, tmp_path, "es", "--set", "train.epochs=10",
+                                    "--set", "train.steps_per_epoch=3", "--set", "optim.lr=1e-12",
+                                    "--set", "schedule.kind=constant", "--set", "train.patience=2"))
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(x) for x in (tmp_path / "es" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert [r["early_stop"] for r in rows] == [False, False, True]
+    final = json.loads((tmp_path / "es" / "final.json").read_text())
+    assert final["best_epoch"] == 1 and "early stop" in out.stdout
