@@ -48,8 +48,8 @@ def ensemble_accuracy(member_dirs: list[Path], images: np.ndarray, labels: np.nd
 
 
 def main(world: Comm, argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m dist.ensemble", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = train.ArgumentParser(prog="python -m dist.ensemble", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--members", type=int, required=True, help="number of models K")
     parser.add_argument("--name", default="", help="run folder name (default: a timestamp)")
     args, train_argv = parser.parse_known_args(argv)

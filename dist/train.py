@@ -44,8 +44,16 @@ from dist.debug import debug_first_step, forward_checked
 from dist.evaluate import evaluate, model_from_checkpoint
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one ExpectedError: every rank parses the
+    same arguments, so rank 0 alone prints it (plain argparse would print usage per rank)."""
+
+    def error(self, message):
+        raise ExpectedError(f"{self.prog}: {message} (see --help)", everywhere=True)
+
+
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m dist.train", description=__doc__, epilog=help_text(),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", help="a preset in launch/configs/ (default: cnn)")

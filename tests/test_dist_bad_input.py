@@ -98,3 +98,10 @@ def test_existing_run_folder_is_not_overwritten(finished_run, mnist_h5):
     result = run_job(1, small_run_args(mnist_h5, finished_run.parent, "done"))
     assert_one_line_error(result, "already exists", "--resume")
     assert snapshot(finished_run) == before
+
+
+def test_bad_command_line_is_one_line_on_every_rank_count(mnist_h5, tmp_path):
+    result = run_job(2, ["--bogus-flag", *small_run_args(mnist_h5, tmp_path, "x")])
+    assert_one_line_error(result, "unrecognized argument: --bogus-flag")
+    result = run_job(2, ["--resume", str(tmp_path), "--preset", "cnn"])
+    assert_one_line_error(result, "--resume takes the config from the checkpoint")
