@@ -21,7 +21,7 @@ from data.errors import DataError
 from data.hdf5 import open_mnist
 from data.prepare import ensure_dataset
 from data.shards import normalize, read_split
-from dist.checkpoint import load_checkpoint
+from dist.checkpoint import check_compatible, load_checkpoint
 from dist.comm import ExpectedError
 
 
@@ -56,6 +56,11 @@ def evaluate(model: Model, images: np.ndarray, labels: np.ndarray, loss: str,
 def model_from_checkpoint(path, data_fingerprint: str | None = None):
     """Rebuild the model a checkpoint records and load its weights. Returns (model, ckpt)."""
     ckpt = load_checkpoint(path, expect_fingerprint=data_fingerprint)
+    return model_of(ckpt), ckpt
+
+
+def model_of(ckpt) -> Model:
+    """The model of an already loaded checkpoint, with its weights and batch-norm state."""
     try:
         model = Model(ckpt.spec, seed=0)
     except ValueError as err:
@@ -64,7 +69,7 @@ def model_from_checkpoint(path, data_fingerprint: str | None = None):
         raise ExpectedError(f"{ckpt.path}: parameter sizes do not match its own spec")
     model.theta[...] = ckpt.theta
     model.state[...] = ckpt.state
-    return model, ckpt
+    return model
 
 
 def format_confusion(confusion) -> str:
@@ -83,14 +88,14 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
     try:
-        ckpt_config = load_checkpoint(args.checkpoint).config
-        data_cfg = ckpt_config.get("data", {})
+        ckpt = load_checkpoint(args.checkpoint)   # read once: weights, spec and config
+        data_cfg = ckpt.config.get("data", {})
         path = ensure_dataset(args.data or data_cfg.get("path") or None, quiet=True)
-        fingerprint = open_mnist(path).fingerprint
-        model, ckpt = model_from_checkpoint(args.checkpoint, fingerprint)
+        check_compatible(ckpt, expect_fingerprint=open_mnist(path).fingerprint)
+        model = model_of(ckpt)
         images, labels, _ = read_split(path, args.split, split_seed=data_cfg.get("split_seed", 0),
                                        val_size=data_cfg.get("val_size", 5000))
-        result = evaluate(model, images, labels, ckpt_config["model"]["loss"])
+        result = evaluate(model, images, labels, ckpt.config["model"]["loss"])
     except (ExpectedError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
