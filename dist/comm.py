@@ -74,6 +74,17 @@ class Comm:
         if node is not None:
             node.Free()
 
+    def split(self, color: int) -> "Comm":
+        """The sub-communicator of the ranks that pass the same ``color`` (ensemble groups).
+
+        The groups still share this node's cores, so BLAS threads and oversubscription are
+        those of the whole job: 3 groups of 1 rank on 2 cores are oversubscribed, although
+        each group alone would think it had both cores."""
+        sub = Comm(self.world.Split(color=color, key=self.rank))
+        sub.cores_per_rank = self.cores_per_rank
+        sub.oversubscribed = self.oversubscribed
+        return sub
+
     @property
     def is_root(self) -> bool:
         return self.rank == 0

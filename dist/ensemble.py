@@ -63,7 +63,7 @@ def main(world: Comm, argv=None) -> None:
 
     groups = min(args.members, world.size)
     group = world.rank * groups // world.size          # contiguous blocks of ranks
-    comm = Comm(world.world.Split(color=group, key=world.rank))
+    comm = world.split(group)  # threads per rank as in the whole job, see Comm.split
     error = None
     for member in range(group, args.members, groups):
         member_argv = [*train_argv, "--set", f"train.seed={cfg.train.seed + member}",

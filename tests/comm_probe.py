@@ -1,7 +1,8 @@
 """MPI probe for tests/test_dist_comm.py: `mpirun -n N python tests/comm_probe.py`.
 
 Rank 0 works for 2 s (like an evaluation) while the others wait in `agree`; each rank prints
-how much CPU it used while waiting, then the sum of an allreduce.
+how much CPU it used while waiting, then the sum of an allreduce. Then the ranks split into
+two groups (as `dist.ensemble` does) and each rank prints its group's sum and BLAS cores.
 """
 import sys
 import time
@@ -13,6 +14,14 @@ import numpy as np  # noqa: E402
 
 from dist.comm import Comm  # noqa: E402
 
+
+def say(line: str) -> None:
+    """One write per line: print() writes the newline separately, and mpirun's merged output
+    could then put two ranks' lines on one."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 comm = Comm()
 wall, cpu = time.perf_counter(), time.process_time()
 if comm.is_root:
@@ -21,5 +30,11 @@ comm.agree(True)
 wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
 buf = np.full(1000, comm.rank + 1, dtype=np.float32)
 comm.allreduce_sum_(buf)
-print(f"rank {comm.rank} waited {wall:.2f}s cpu {cpu:.2f}s sum {buf[0]:.0f} "
-      f"oversubscribed {comm.oversubscribed}", flush=True)
+say(f"rank {comm.rank} waited {wall:.2f}s cpu {cpu:.2f}s sum {buf[0]:.0f} "
+    f"oversubscribed {comm.oversubscribed}")
+
+group = comm.split(comm.rank % 2)
+buf = np.full(10, comm.rank + 1, dtype=np.float32)
+group.allreduce_sum_(buf)
+say(f"rank {comm.rank} group size {group.size} sum {buf[0]:.0f} cores {group.cores_per_rank} "
+    f"of {comm.cores_per_rank} oversubscribed {group.oversubscribed}")

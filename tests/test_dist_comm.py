@@ -1,4 +1,6 @@
-"""The communicator: in-place allreduce, and ranks that wait for rank 0 do not spin a core."""
+"""The communicator: in-place allreduce, ranks that wait for rank 0 do not spin a core, and
+split groups (ensemble members) keep the whole job's share of cores."""
+import os
 import re
 import subprocess
 import sys
@@ -23,3 +25,12 @@ def test_waiting_ranks_sleep_and_allreduce_sums(ranks):
             assert float(waited) > 1.5
             # A rank spinning in a blocking MPI call would use ~100% of a core while waiting.
             assert float(cpu) < 0.25 * float(waited), (rank, waited, cpu)
+    groups = re.findall(r"rank (\d+) group size (\d+) sum (\d+) cores (\d+) of (\d+) "
+                        r"oversubscribed (\w+)", out.stdout)
+    assert len(groups) == ranks
+    for rank, size, total, cores, world_cores, oversubscribed in groups:
+        members = [r + 1 for r in range(ranks) if r % 2 == int(rank) % 2]
+        assert (int(size), int(total)) == (len(members), sum(members))
+        # A group of 1 rank must not take every core of the node: the other groups share it.
+        assert cores == world_cores
+        assert oversubscribed == str(ranks > os.cpu_count())
