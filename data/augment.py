@@ -34,33 +34,59 @@ def random_affine(images: np.ndarray, keys: np.ndarray, max_shift: float = 2.0,
                   max_rotate: float = 10.0, max_scale: float = 0.1) -> np.ndarray:
     """uint8 (B, H, W) -> uint8 (B, H, W), each image rotated, scaled and shifted."""
     b, h, w = images.shape
-    angle, scale, tx, ty = draw_params(keys, max_shift, max_rotate, max_scale)
+    angle, scale, tx, ty = draw_params(keys, max_shift, max_rotate, max_scale)   # (B,) each
+    f32 = np.float32   # float32 positions: 1e-5 px error, and half the memory traffic
     cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
-    ys, xs = np.meshgrid(np.arange(h, dtype=np.float64) - cy,
-                         np.arange(w, dtype=np.float64) - cx, indexing="ij")  # (H, W)
+    ys = (np.arange(h, dtype=f32) - f32(cy))[None, :, None]             # (1, H, 1)
+    xs = (np.arange(w, dtype=f32) - f32(cx))[None, None, :]             # (1, 1, W)
     # Inverse map: undo the shift, then rotate by -angle and divide by the scale.
-    cos, sin = (np.cos(angle) / scale)[:, None, None], (np.sin(angle) / scale)[:, None, None]
-    dy, dx = ys[None] - ty[:, None, None], xs[None] - tx[:, None, None]      # (B, H, W)
-    src_x = cos * dx + sin * dy + cx
-    src_y = -sin * dx + cos * dy + cy
+    cos = (np.cos(angle) / scale).astype(f32)[:, None, None]            # (B, 1, 1)
+    sin = (np.sin(angle) / scale).astype(f32)[:, None, None]
+    dy = ys - ty.astype(f32)[:, None, None]                             # (B, H, 1)
+    dx = xs - tx.astype(f32)[:, None, None]                             # (B, 1, W)
+    src_x = cos * dx + sin * dy                                         # (B, H, W)
+    src_x += f32(cx)
+    src_y = cos * dy - sin * dx
+    src_y += f32(cy)
     return bilinear(images, src_y, src_x)
 
 
 def bilinear(images: np.ndarray, src_y: np.ndarray, src_x: np.ndarray) -> np.ndarray:
-    """Sample each image at real-valued positions (B, H, W); zero outside. Returns uint8."""
+    """Sample each image at real-valued positions (B, H, W) float32; zero outside. Returns
+    uint8. Overwrites src_y and src_x.
+
+    The four neighbours of every position are read with one ``take`` each from the flattened,
+    zero-framed batch (a flat index is much cheaper than indexing with three index arrays), and
+    the arithmetic is in place on float32: this runs once per training image per epoch."""
     b, h, w = images.shape
-    padded = np.zeros((b, h + 2, w + 2), dtype=np.float32)   # a zero frame: outside = 0
+    hp, wp = h + 2, w + 2
+    padded = np.zeros((b, hp, wp), dtype=np.float32)   # a zero frame: outside = 0
     padded[:, 1:-1, 1:-1] = images
-    # Clip into the frame so out-of-range positions read zeros, then split integer/fraction.
-    y = np.clip(src_y + 1, 0, h + 0.999)
-    x = np.clip(src_x + 1, 0, w + 0.999)
-    y0, x0 = np.floor(y).astype(np.intp), np.floor(x).astype(np.intp)
-    fy, fx = (y - y0).astype(np.float32), (x - x0).astype(np.float32)
-    n = np.arange(b)[:, None, None]
-    top = padded[n, y0, x0] * (1 - fx) + padded[n, y0, x0 + 1] * fx
-    bottom = padded[n, y0 + 1, x0] * (1 - fx) + padded[n, y0 + 1, x0 + 1] * fx
-    out = top * (1 - fy) + bottom * fy
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    # Shift into the frame and clip to it, so out-of-range positions read zeros.
+    for pos, size in ((src_y, h), (src_x, w)):
+        pos += 1
+        np.maximum(pos, 0, out=pos)
+        np.minimum(pos, size + 0.999, out=pos)
+    y0, x0 = np.floor(src_y), np.floor(src_x)
+    fy, fx = src_y - y0, src_x - x0                       # fractions in [0, 1), float32
+    corner = y0.astype(np.intp) * wp                      # flat index of the top-left neighbour
+    corner += x0.astype(np.intp)
+    corner += (np.arange(b) * (hp * wp))[:, None, None]
+    flat = padded.ravel()
+    top, top_right = flat.take(corner), flat.take(corner + 1)
+    bottom, bottom_right = flat.take(corner + wp), flat.take(corner + (wp + 1))
+    top_right -= top                                      # top += fx * (top_right - top)
+    top_right *= fx
+    top += top_right
+    bottom_right -= bottom
+    bottom_right *= fx
+    bottom += bottom_right
+    bottom -= top                                         # out = top + fy * (bottom - top)
+    bottom *= fy
+    top += bottom
+    np.rint(top, out=top)
+    np.clip(top, 0, 255, out=top)
+    return top.astype(np.uint8)
 
 
 if __name__ == "__main__":

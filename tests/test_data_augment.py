@@ -10,7 +10,9 @@ def test_bilinear_resampling_at_shifted_grid_is_a_shift():
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, size=(2, 28, 28)).astype(np.uint8)
     ys, xs = np.meshgrid(np.arange(28.0), np.arange(28.0), indexing="ij")
-    shifted = bilinear(img, np.broadcast_to(ys - 2, (2, 28, 28)), np.broadcast_to(xs + 3, (2, 28, 28)))
+    src_y = np.array(np.broadcast_to(ys - 2, (2, 28, 28)), dtype=np.float32)
+    src_x = np.array(np.broadcast_to(xs + 3, (2, 28, 28)), dtype=np.float32)
+    shifted = bilinear(img, src_y, src_x)  # overwrites src_y, src_x
     expected = np.zeros_like(img)
     expected[:, 2:, :25] = img[:, :26, 3:]
     assert (shifted == expected).all()
