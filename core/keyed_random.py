@@ -78,13 +78,19 @@ def keyed_uniform(keys, stream, shape):
     """float32 (B, *shape) uniform in [0, 1).
 
     Element (b, j) (j = flat position in `shape`) depends only on keys[b], stream and j,
-    so a sample's numbers do not change with the batch it sits in.
+    so a sample's numbers do not change with the batch it sits in. Each 64-bit hash gives
+    two numbers (j uses half j % 2 of output j // 2 + 1): the hash is the costly part, and
+    dropout asks for one number per activation.
     """
     shape = tuple(int(d) for d in shape)
     n = int(np.prod(shape, dtype=np.int64))
-    bits = keyed_bits(keys, stream, n)
-    # Top 24 bits -> exactly representable float32 in [0, 1 - 2**-24].
-    u = (bits >> np.uint64(40)).astype(np.float32) * np.float32(2.0 ** -24)
+    bits = keyed_bits(keys, stream, (n + 1) // 2)                           # (B, ceil(n/2))
+    # Little-endian 32-bit halves (a no-op view on x86 and ARM; explicit so that every
+    # machine draws the same numbers).
+    halves = bits.astype("<u8", copy=False).view("<u4")[:, :n]              # (B, n)
+    # Top 24 bits of each half -> exactly representable float32 in [0, 1 - 2**-24].
+    u = (halves >> np.uint32(8)).astype(np.float32)
+    u *= np.float32(2.0 ** -24)
     return u.reshape((len(bits),) + shape)
 
 

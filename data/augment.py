@@ -73,8 +73,11 @@ def bilinear(images: np.ndarray, src_y: np.ndarray, src_x: np.ndarray) -> np.nda
     corner += x0.astype(np.intp)
     corner += (np.arange(b) * (hp * wp))[:, None, None]
     flat = padded.ravel()
-    top, top_right = flat.take(corner), flat.take(corner + 1)
-    bottom, bottom_right = flat.take(corner + wp), flat.take(corner + (wp + 1))
+    # mode="clip": the indices are in range by construction, and skipping take's bounds
+    # check (mode="raise") makes it twice as fast.
+    top, top_right = flat.take(corner, mode="clip"), flat.take(corner + 1, mode="clip")
+    bottom = flat.take(corner + wp, mode="clip")
+    bottom_right = flat.take(corner + (wp + 1), mode="clip")
     top_right -= top                                      # top += fx * (top_right - top)
     top_right *= fx
     top += top_right

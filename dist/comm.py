@@ -74,6 +74,14 @@ class Comm:
         if node is not None:
             node.Free()
 
+    @property
+    def root_threads(self) -> int:
+        """BLAS threads for work rank 0 does while the other ranks of this communicator sleep
+        (evaluation): the cores of all of them. Not all of the node's: in an ensemble, the
+        other groups' roots evaluate at the same time."""
+        mine = len(os.sched_getaffinity(0))
+        return max(1, min(mine, self.cores_per_rank * self.local_size))
+
     def split(self, color: int) -> "Comm":
         """The sub-communicator of the ranks that pass the same ``color`` (ensemble groups).
 

@@ -10,6 +10,10 @@ for member m, writing ``runs/<name>/member-<m>/``. With fewer ranks than members
 several members one after another. Since every member is world-size invariant, member m's
 weights do not depend on how the ranks were grouped.
 
+Interrupted? Run the same command with ``--name <the ensemble's folder name>`` again: members
+with a ``final.json`` are kept as they are, members with checkpoints resume from their newest
+one (with the configuration they started with), the others start.
+
 When all members are done, rank 0 averages the members' class probabilities (from each member's
 ``best.h5``, chosen on validation) on the validation and test sets and writes
 ``runs/<name>/ensemble.json``. Any other argument is passed to ``dist.train`` unchanged.
@@ -66,8 +70,16 @@ def main(world: Comm, argv=None) -> None:
     comm = world.split(group)  # threads per rank as in the whole job, see Comm.split
     error = None
     for member in range(group, args.members, groups):
-        member_argv = [*train_argv, "--set", f"train.seed={cfg.train.seed + member}",
-                       "--set", f"run.dir={folder}", "--set", f"run.name=member-{member}"]
+        member_dir = folder / f"member-{member}"
+        if (member_dir / "final.json").is_file():
+            if comm.is_root:
+                print(f"member {member}: already trained, kept ({member_dir})", flush=True)
+            continue
+        if any(member_dir.glob("ckpt-e*-s*.h5")):
+            member_argv = ["--resume", str(member_dir)]
+        else:
+            member_argv = [*train_argv, "--set", f"train.seed={cfg.train.seed + member}",
+                           "--set", f"run.dir={folder}", "--set", f"run.name=member-{member}"]
         try:
             train.main(comm, member_argv)
         except ExpectedError as err:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -300,7 +299,7 @@ def main(comm: Comm, argv=None) -> None:
         def end_of_epoch() -> bool:
             nonlocal best_acc, best_epoch, bad_epochs
             t = time.perf_counter()
-            with threadpool_limits(len(os.sched_getaffinity(0))):  # the other ranks sleep
+            with threadpool_limits(comm.root_threads):  # the other ranks sleep meanwhile
                 val = evaluate(model, *val_set[:2], cfg.model.loss) if len(val_set[1]) else None
                 last = epoch + 1 == cfg.train.epochs
                 every = cfg.train.eval_test_every
@@ -343,7 +342,7 @@ def main(comm: Comm, argv=None) -> None:
 
     def final_report() -> None:  # the model that counts is the one validation chose: best.h5
         best_model, _ = model_from_checkpoint(run_dir / "best.h5", fingerprint)
-        with threadpool_limits(len(os.sched_getaffinity(0))):
+        with threadpool_limits(comm.root_threads):
             test = evaluate(best_model, *test_set[:2], cfg.model.loss)
         summary = {"run": str(run_dir), "best_epoch": best_epoch, "best_val_acc": best_acc,
                    "test_acc": test["acc"], "test_loss": test["loss"],

@@ -88,6 +88,28 @@ def test_ensemble_of_two_averages_member_probabilities(mnist_h5, tmp_path):
     assert len(result["test"]["members"]) == 2
 
 
+def test_interrupted_ensemble_continues_where_it_stopped(mnist_h5, tmp_path):
+    args = ["--members", "2", "--name", "ens",
+            *small_run_args(mnist_h5, tmp_path, "ignored", "--set", "run.keep_last=2")]
+    out = run_job(2, args, module="dist.ensemble")
+    assert out.returncode == 0, out.stderr
+    member0, member1 = tmp_path / "ens" / "member-0", tmp_path / "ens" / "member-1"
+    with h5py.File(member1 / "ckpt-e002-s00000.h5", "r") as f:
+        uninterrupted = f["theta"][...]
+    kept = (member0 / "best.h5").stat().st_mtime_ns
+    # Member 1 was stopped after its first epoch: no final.json, no epoch-2 checkpoint.
+    (member1 / "final.json").unlink()
+    (member1 / "ckpt-e002-s00000.h5").unlink()
+    out = run_job(2, args, module="dist.ensemble")
+    assert out.returncode == 0, out.stderr
+    assert "member 0: already trained, kept" in out.stdout
+    assert "resuming at epoch 2" in out.stdout
+    assert (member0 / "best.h5").stat().st_mtime_ns == kept
+    with h5py.File(member1 / "ckpt-e002-s00000.h5", "r") as f:
+        assert np.array_equal(f["theta"][...], uninterrupted)  # exact resume, same group size
+    assert (member1 / "final.json").is_file() and (tmp_path / "ens" / "ensemble.json").is_file()
+
+
 def test_early_stopping_stops_when_validation_stops_improving(mnist_h5, tmp_path):
     # With a vanishing learning rate the weights cannot improve after epoch 1: patience 2
     # ends the run after epoch 3 of 10, and best.h5 stays the epoch-1 model.
