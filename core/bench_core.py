@@ -19,8 +19,8 @@ from core.model import Model
 
 # The layers of launch/configs/cnn.toml (core/ reads no files, so they are repeated here;
 # tests/test_core_spec.py checks that the two agree).
-CNN = [{"type": "conv", "out": 32, "kernel": 3, "pad": 1}, {"type": "relu"}, {"type": "maxpool", "kernel": 2},
-       {"type": "conv", "out": 64, "kernel": 3, "pad": 1}, {"type": "relu"}, {"type": "maxpool", "kernel": 2},
+CNN = [{"type": "conv", "out": 32, "kernel": 3, "pad": 1}, {"type": "maxpool", "kernel": 2}, {"type": "relu"},
+       {"type": "conv", "out": 64, "kernel": 3, "pad": 1}, {"type": "maxpool", "kernel": 2}, {"type": "relu"},
        {"type": "flatten"}, {"type": "dense", "out": 128}, {"type": "relu"}, {"type": "dropout", "p": 0.3},
        {"type": "dense", "out": 10}]
 

@@ -132,3 +132,19 @@ def test_gradcheck_catches_a_wrong_backward(monkeypatch):
     from core.layers import Tanh
     monkeypatch.setattr(Tanh, "backward", lambda self, dy: dy * (1 - self.y))   # wrong
     assert check_layer({"type": "tanh"}, (6,)) > 1e-2
+
+
+def test_maxpool_then_relu_is_relu_then_maxpool():
+    # The cnn preset pools before its ReLUs (fewer numbers through the ReLU): the function and
+    # the gradient must be those of the usual order.
+    conv = {"type": "conv", "out": 6, "kernel": 3, "pad": 1}
+    tail = [{"type": "flatten"}, {"type": "dense", "out": 10}]
+    usual = Model([conv, {"type": "relu"}, {"type": "maxpool"}, *tail], input_shape=(8, 8, 1), seed=3)
+    swapped = Model([conv, {"type": "maxpool"}, {"type": "relu"}, *tail], input_shape=(8, 8, 1), seed=3)
+    assert np.array_equal(usual.theta, swapped.theta)
+    x = np.random.default_rng(0).standard_normal((5, 8, 8, 1)).astype(np.float32)
+    dout = np.random.default_rng(1).standard_normal((5, 10)).astype(np.float32)
+    assert np.array_equal(usual.forward(x, train=True), swapped.forward(x, train=True))
+    usual.backward(dout)
+    swapped.backward(dout)
+    assert np.array_equal(usual.grad, swapped.grad)
