@@ -8,7 +8,7 @@ Each row is an ordinary `dist.train` run: the previous row's configuration plus 
 so the difference between two consecutive rows is what that change adds. The ladder goes from
 the Go seed's network (784-100-10, sigmoid, squared error, plain SGD) through momentum,
 learning-rate decay and the softmax/cross-entropy loss to convolution, dropout, batch norm and
-augmentation. The budget is fixed per family: 5 epochs for the 784-100-10 rows, 3 for the
+augmentation. The budget is fixed per family: 5 epochs for the 784-100-10 rows, 2 for the
 convolutional ones, so the table shows what a change buys on a short budget (the presets in
 launch/configs/ are the full-length versions).
 
@@ -61,8 +61,8 @@ ROWS = [
      {"schedule.kind": "cosine", "schedule.warmup_epochs": "0.5"}),
     ("xent_relu", "+ ReLU hidden units, softmax cross-entropy",
      {"model.layers": MLP_RELU, "model.loss": "xent", "optim.lr": "0.05"}),
-    ("conv", "+ convolution: conv-pool-conv-pool-dense128 (no dropout), 3 epochs, batch 128",
-     {"model.layers": conv_layers(False, False), "train.epochs": "3",
+    ("conv", "+ convolution: conv-pool-conv-pool-dense128 (no dropout), 2 epochs, batch 128",
+     {"model.layers": conv_layers(False, False), "train.epochs": "2",
       "train.batch_size": "128", "optim.weight_decay": "5e-4"}),
     ("dropout", "+ dropout 0.3 before the last layer",
      {"model.layers": conv_layers(True, False)}),
