@@ -64,3 +64,16 @@ def test_real_digits_keep_statistics_and_labels(mnist_h5):
         return (dist.argmin(axis=1) == labels).mean()
     raw, augmented = accuracy(x), accuracy(xa)
     assert raw > 0.75 and augmented > raw - 0.08, (raw, augmented)
+
+
+def test_a_batch_split_over_ranks_is_augmented_as_one_batch():
+    # World-size invariance: rank r of n augments samples r::n of the global batch; the
+    # result must not depend on which other samples share the call.
+    images = np.random.default_rng(3).integers(0, 256, size=(62, 28, 28)).astype(np.uint8)
+    keys = sample_keys(0, 1, np.arange(100, 162))
+    whole = random_affine(images, keys)
+    for ranks in (2, 4):
+        split = np.empty_like(whole)
+        for r in range(ranks):
+            split[r::ranks] = random_affine(images[r::ranks], keys[r::ranks])
+        assert np.array_equal(whole, split)
