@@ -51,6 +51,13 @@ def ensemble_accuracy(member_dirs: list[Path], images: np.ndarray, labels: np.nd
                                                      1e-12)).mean())}
 
 
+def member_state(folder: Path) -> str:
+    """'done' (final.json written), 'started' (has checkpoints) or 'new'."""
+    if (folder / "final.json").is_file():
+        return "done"
+    return "started" if any(folder.glob("ckpt-e*-s*.h5")) else "new"
+
+
 def main(world: Comm, argv=None) -> None:
     parser = train.ArgumentParser(prog="python -m dist.ensemble", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -71,11 +78,14 @@ def main(world: Comm, argv=None) -> None:
     error = None
     for member in range(group, args.members, groups):
         member_dir = folder / f"member-{member}"
-        if (member_dir / "final.json").is_file():
+        # The group's rank 0 looks at the folder and tells the others, so that they agree
+        # even where the run folder is not on a shared file system.
+        state = comm.bcast(member_state(member_dir) if comm.is_root else None)
+        if state == "done":
             if comm.is_root:
                 print(f"member {member}: already trained, kept ({member_dir})", flush=True)
             continue
-        if any(member_dir.glob("ckpt-e*-s*.h5")):
+        if state == "started":
             member_argv = ["--resume", str(member_dir)]
         else:
             member_argv = [*train_argv, "--set", f"train.seed={cfg.train.seed + member}",
