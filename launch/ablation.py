@@ -44,14 +44,16 @@ def conv_layers(dropout: bool, batchnorm: bool) -> str:
             + '{type="dense", out=10}]')
 
 
+# The Go seed's training: 784-100-10 sigmoid/MSE, plain SGD at a constant rate, batch 32.
+GO_SEED = {"model.layers": MLP, "model.loss": "mse", "optim.lr": "2.0", "optim.momentum": "0.0",
+           "optim.nesterov": "false", "optim.weight_decay": "0.0", "schedule.kind": "constant",
+           "schedule.warmup_epochs": "0.0", "train.batch_size": "32", "data.augment": "false"}
+
 # (name, what it adds, --set overrides on top of the previous row's). The first row of each
 # family states its whole configuration.
 ROWS = [
     ("sgd", "784-100-10 sigmoid, squared error, plain SGD, constant lr (the Go seed)",
-     {"model.layers": MLP, "model.loss": "mse", "optim.lr": "2.0", "optim.momentum": "0.0",
-      "optim.nesterov": "false", "optim.weight_decay": "0.0", "schedule.kind": "constant",
-      "schedule.warmup_epochs": "0.0", "train.batch_size": "32", "train.epochs": "5",
-      "data.augment": "false", "train.patience": "0"}),
+     {**GO_SEED, "train.epochs": "5", "train.patience": "0"}),
     ("momentum", "+ momentum 0.9 (heavy ball; lr / 10 to keep the step size)",
      {"optim.momentum": "0.9", "optim.lr": "0.2"}),
     ("nesterov", "+ Nesterov momentum", {"optim.nesterov": "true"}),
@@ -72,10 +74,7 @@ ROWS = [
      {"data.augment": "true", "data.max_shift": "2.0", "data.max_rotate": "10.0",
       "data.max_scale": "0.1"}),
     ("early_stop", "+ early stopping, patience 1 (on the 'sgd' row's setup, 20 epochs)",
-     {"model.layers": MLP, "model.loss": "mse", "optim.lr": "2.0", "optim.momentum": "0.0",
-      "optim.nesterov": "false", "optim.weight_decay": "0.0", "schedule.kind": "constant",
-      "schedule.warmup_epochs": "0.0", "train.batch_size": "32", "train.epochs": "20",
-      "data.augment": "false", "train.patience": "1"}),
+     {**GO_SEED, "train.epochs": "20", "train.patience": "1"}),
 ]
 
 
