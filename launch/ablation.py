@@ -27,6 +27,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from launch.fakehosts import MPIRUN   # the venv's mpirun, else the one on PATH
+
 REPO = Path(__file__).resolve().parents[1]
 
 # The 784-100-10 network of the Go seed and launch/configs/classic.toml.
@@ -95,8 +97,7 @@ def run_row(name: str, overrides: dict, out: Path, ranks: int, extra: list[str])
         cmd += ["--set", f"{key}={value}"]
     cmd += extra
     if ranks > 1:
-        mpirun = Path(sys.executable).parent / "mpirun"
-        cmd = [str(mpirun) if mpirun.exists() else "mpirun", "-n", str(ranks)] + cmd
+        cmd = [MPIRUN, "-n", str(ranks)] + cmd
     print(f"== {name}: {' '.join(cmd[-6:])} ...", flush=True)
     return subprocess.run(cmd, cwd=REPO, env=os.environ.copy()).returncode
 

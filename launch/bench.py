@@ -53,6 +53,7 @@ from dist.config import CONFIG_DIR, load_config
 from dist.evaluate import evaluate
 from dist.train import build_model, build_optimizer, local_batch
 from launch.bench_table import BEST_LAYERS, PHASES, format_table, train_flops
+from launch.fakehosts import MPIRUN
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD_ENV = "MPIGRAD_BENCH_CHILD"
@@ -228,8 +229,6 @@ def cpu_name() -> str:
 
 def run_ranks(args, argv) -> dict:
     """--ranks: one mpirun per (rank count, preset), so ru_maxrss is that preset's own."""
-    mpirun = Path(sys.executable).parent / "mpirun"
-    mpirun = str(mpirun) if mpirun.exists() else "mpirun"
     cores = len(os.sched_getaffinity(0))
     passthrough = [a for a in strip_option(strip_option(strip_option(argv, "--ranks"),
                                                         "--out"), "--presets")]
@@ -241,7 +240,7 @@ def run_ranks(args, argv) -> dict:
             for name in args.presets:
                 out = Path(tmp) / f"{name}-{n}.json"
                 threads = args.threads or max(1, cores // n)
-                cmd = [mpirun, "-n", str(n), sys.executable, "-m", "launch.bench",
+                cmd = [MPIRUN, "-n", str(n), sys.executable, "-m", "launch.bench",
                        "--presets", name, "--threads", str(threads), "--out", str(out),
                        *passthrough]
                 print(f"# {n} rank(s) x {threads} thread(s): {name}", file=sys.stderr, flush=True)
