@@ -15,6 +15,7 @@ arena; the only other memory is `velocity` and one scratch vector, both allocate
 
     opt = SGD(model.theta.size, momentum=0.9, weight_decay=5e-4, decay_mask=model.decay_mask)
     opt.step(model.theta, model.grad, lr)
+    opt.step(model.theta, grad_of_my_slice, lr, lo=start)   # only theta[start:start+len(...)]
 Tested by tests/test_core_optim.py.
 """
 import math
@@ -49,19 +50,25 @@ class SGD:
         self.velocity = np.zeros(self.size, self.dtype)
         self._scratch = np.empty(self.size, self.dtype)
 
-    def step(self, theta, grad, lr):
-        """One in-place update of theta (grad is not modified)."""
+    def step(self, theta, grad, lr, lo=0):
+        """One in-place update of theta (grad is not modified).
+
+        With ``lo``, grad is the gradient of the slice theta[lo : lo + len(grad)] only, and only
+        that slice (and its velocity) is updated: each rank's share of a sharded update
+        (dist/update.py).  The arithmetic per element is the same either way."""
         if not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr >= 0):
             raise ValueError(f"SGD: lr must be a finite number >= 0, got {lr!r}")
-        if theta.shape != (self.size,) or grad.shape != (self.size,):
-            raise ValueError(f"SGD: theta and grad must have shape ({self.size},), "
-                             f"got {theta.shape} and {grad.shape}")
+        hi = lo + (grad.shape[0] if grad.ndim == 1 else -1)
+        if theta.shape != (self.size,) or grad.ndim != 1 or not 0 <= lo <= hi <= self.size:
+            raise ValueError(f"SGD: theta must have shape ({self.size},) and grad be a slice of "
+                             f"it, got {theta.shape} and {grad.shape} at offset {lo}")
         # Blocks of BLOCK elements: the eight passes below then read and write a block that
         # stays in the L2 cache, instead of streaming the whole arena from memory eight times.
-        for lo in range(0, self.size, self.BLOCK):
-            hi = min(lo + self.BLOCK, self.size)
-            self._update(theta[lo:hi], grad[lo:hi], self.velocity[lo:hi], self._scratch[lo:hi],
-                         self._decay[lo:hi] if self.weight_decay else None, lr)
+        for start in range(lo, hi, self.BLOCK):
+            stop = min(start + self.BLOCK, hi)
+            self._update(theta[start:stop], grad[start - lo:stop - lo], self.velocity[start:stop],
+                         self._scratch[start:stop],
+                         self._decay[start:stop] if self.weight_decay else None, lr)
 
     def _update(self, theta, grad, v, g, decay, lr):
         dt = self.dtype.type

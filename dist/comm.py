@@ -5,6 +5,8 @@ A thin wrapper over mpi4py in the spirit of ChainerMN's communicators:
 * ``rank``, ``size`` and ``local_size`` (ranks on this node);
 * ``allreduce_sum_(buf)`` sums one flat numpy buffer over all ranks *in place*
   (``MPI.IN_PLACE``, the buffer protocol: no pickling of arrays);
+* ``partition``, ``reduce_scatter_sum`` and ``allgather_``: the two halves of an allreduce,
+  for the update that each rank does on its own slice of the parameters (dist/update.py);
 * ``bcast(obj)`` for small Python objects (configs, run names);
 * ``agree(ok, message)``: every rank contributes a flag; if any rank failed, *all* ranks raise
   the same ``ExpectedError`` together, so a bad config or unreadable shard is reported once
@@ -50,6 +52,9 @@ class ExpectedError(Exception):
 # cores, and costs a waiting rank nothing while rank 0 evaluates.
 SPIN_SECONDS = 5e-4
 POLL_SECONDS = 2e-4
+
+# The MPI datatype of a numpy float array, for the collectives that need it spelled out.
+MPI_FLOAT_TYPES = {np.dtype(np.float32): MPI.FLOAT, np.dtype(np.float64): MPI.DOUBLE}
 
 
 class Comm:
@@ -114,13 +119,51 @@ class Comm:
         if self.size == 1:
             return buf
         if self.oversubscribed:
-            # Each round of the allreduce needs every rank to poll; yielding (instead of
-            # sleeping) lets a rank that still computes have the core, yet answers at once.
-            request = self.world.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
-            while not request.Test():
-                os.sched_yield()
+            self._yield_until_done(self.world.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM))
         else:
             self.world.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        return buf
+
+    @staticmethod
+    def _yield_until_done(request: MPI.Request) -> None:
+        """Each round of a collective needs every rank to poll; yielding (instead of sleeping)
+        lets a rank that still computes have the core, yet answers at once."""
+        while not request.Test():
+            os.sched_yield()
+
+    # -- the sharded update (dist/update.py): reduce-scatter, update a slice, all-gather ------
+    def partition(self, n: int, align: int = 16) -> tuple[np.ndarray, np.ndarray]:
+        """Split a flat vector of n elements into one contiguous slice per rank: rank r owns
+        ``displs[r] : displs[r] + counts[r]``. Slices are multiples of ``align`` elements
+        (64 bytes of float32: no two ranks write the same cache line), the last takes the rest."""
+        per_rank = -(-n // self.size)                    # ceil(n / size) ...
+        per_rank = -(-per_rank // align) * align         # ... rounded up to the alignment
+        displs = np.minimum(np.arange(self.size) * per_rank, n)
+        counts = np.diff(np.append(displs, n))
+        return counts.astype(np.int64), displs.astype(np.int64)
+
+    def reduce_scatter_sum(self, buf: np.ndarray, out: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Sum ``buf`` over all ranks, but deliver to rank r only its slice (``counts[r]``
+        elements, in ``partition`` order) in ``out``. Half of what an allreduce moves."""
+        if self.size == 1:
+            out[...] = buf
+            return out
+        if self.oversubscribed:
+            self._yield_until_done(self.world.Ireduce_scatter(buf, out, counts, op=MPI.SUM))
+        else:
+            self.world.Reduce_scatter(buf, out, counts, op=MPI.SUM)
+        return out
+
+    def allgather_(self, buf: np.ndarray, counts: np.ndarray, displs: np.ndarray) -> np.ndarray:
+        """In place: every rank contributes its slice of ``buf`` (``partition`` order) and
+        receives everybody else's, so ``buf`` ends up whole and identical on every rank."""
+        if self.size == 1:
+            return buf
+        spec = [buf, counts, displs, MPI_FLOAT_TYPES[buf.dtype]]
+        if self.oversubscribed:
+            self._yield_until_done(self.world.Iallgatherv(MPI.IN_PLACE, spec))
+        else:
+            self.world.Allgatherv(MPI.IN_PLACE, spec)
         return buf
 
     def allreduce_sum(self, array: np.ndarray) -> np.ndarray:

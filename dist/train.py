@@ -8,10 +8,12 @@
 
 Every rank builds the same model from the same seed, reads its shard of each epoch
 (``data.shards``), and per step: forward, loss, backward on its share of the global batch,
-one in-place allreduce of the flat gradient, and the same SGD step as every other rank. The
-loss divides by the *global* batch size, so the summed gradient is the single-process one:
-``python -m dist.train`` follows the same trajectory as ``mpirun -n 4`` (up to float summation
-order). Rank 0 evaluates, logs ``runs/<name>/metrics.jsonl`` and writes the checkpoints; the
+then the update (``dist.update``): a reduce-scatter gives each rank the summed gradient of its
+own slice of the flat parameters, it takes the SGD step on that slice, and an all-gather makes
+the parameters whole again on every rank -- an allreduce cut in two, with the optimizer's
+work split between the ranks instead of repeated on each. The loss divides by the *global*
+batch size, so the summed gradient is the single-process one: ``python -m dist.train``
+follows the same trajectory as ``mpirun -n 4`` (up to float summation order). Rank 0 evaluates, logs ``runs/<name>/metrics.jsonl`` and writes the checkpoints; the
 other ranks wait for it without spinning a core.
 """
 from __future__ import annotations
@@ -41,6 +43,7 @@ from dist.comm import Comm, ExpectedError, run_main
 from dist.config import help_text, load_config
 from dist.debug import debug_first_step, forward_checked
 from dist.evaluate import evaluate, model_from_checkpoint
+from dist.update import ShardedUpdate
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -207,6 +210,7 @@ def main(comm: Comm, argv=None) -> None:
     steps = min(steps, cfg.train.steps_per_epoch or steps)
 
     opt, lr_at = collectively(comm, build_optimizer, cfg, model, steps)
+    update = ShardedUpdate(comm, model.theta, model.grad, opt)   # each rank updates a slice
     loss_fn = LOSSES[cfg.model.loss]
 
     # -- where we start: fresh, or exactly where a checkpoint left off -----------------------
@@ -271,29 +275,33 @@ def main(comm: Comm, argv=None) -> None:
             loss, dout = loss_fn(out, y, divisor=batch)  # sum over local samples / global B
             model.backward(dout)                          # fills model.grad (flat)
             t2 = time.perf_counter()
-            comm.allreduce_sum_(model.grad)               # one buffer, in place
+            update.reduce_gradient()       # reduce-scatter: the summed gradient of my slice
             t3 = time.perf_counter()
-            # Every rank holds the same summed gradient, so every rank reaches the same verdict.
-            if not np.isfinite(np.dot(model.grad, model.grad)):
+            update.step(lr)                # SGD on my slice of theta (dist/update.py)
+            t4 = time.perf_counter()
+            update.gather_parameters()     # all-gather: theta whole, the same on every rank
+            t5 = time.perf_counter()
+            if not update.finite():        # the same theta everywhere: the same verdict
                 raise ExpectedError(f"non-finite loss/gradient at epoch {epoch + 1} step {k + 1} "
                                     f"(lr {lr:.3g}); no checkpoint written from it. Try a "
                                     f"smaller optim.lr or run with --debug", everywhere=True)
-            opt.step(model.theta, model.grad, lr)
             global_step += 1
             totals += (loss * batch, (out.argmax(axis=1) == y).sum(), len(y))
-            t4 = time.perf_counter()
+            t6 = time.perf_counter()
             timer["data"] += t1 - t0
-            timer["compute"] += (t2 - t1) + (t4 - t3)
-            timer["allreduce"] += t3 - t2
+            timer["compute"] += (t2 - t1) + (t4 - t3) + (t6 - t5)
+            timer["allreduce"] += (t3 - t2) + (t5 - t4)
             bar.update(1)
             if cfg.run.checkpoint_every and global_step % cfg.run.checkpoint_every == 0 \
                     and k + 1 < steps:
                 t = time.perf_counter()
+                update.gather_velocity()   # each rank kept only its slice current
                 on_root(comm, checkpoint_now, epoch, k + 1)
                 timer["checkpoint"] += time.perf_counter() - t
         bar.close()
         train_time = time.perf_counter() - t_epoch
         comm.allreduce_sum_(totals)
+        update.gather_velocity()           # for the end-of-epoch checkpoint
 
         # -- epoch end: rank 0 evaluates, logs and checkpoints; the others sleep meanwhile ----
         def end_of_epoch() -> bool:

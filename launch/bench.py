@@ -6,13 +6,17 @@
     python -m launch.bench --ranks 1,2 --threads 1       # 1 BLAS thread per rank (scaling)
     python -m launch.bench --presets cnn --long          # longer, steadier measurement
     python -m launch.bench --quick --out /tmp/b.json     # a few steps: checks that it runs
+    python -m launch.bench --ranks 2 --no-shard          # the plain allreduce update, to compare
 
 What a step is: exactly dist/train.py's step on real MNIST (data.prepare.ensure_dataset()):
 keyed augmentation (if the preset asks) and normalize ("data"), model.forward with keyed
 dropout noise ("forward", includes the batch-norm reduces), the loss and model.backward
-("backward"), comm.allreduce_sum_(model.grad) ("allreduce": includes waiting for the slowest
-rank), the finiteness check and opt.step ("optimizer"). Steps run in blocks; images/s and the
-split come from the fastest block (best-of-N: the machine may be shared).
+("backward"), the sharded update of dist/update.py: its reduce-scatter and all-gather
+("allreduce": includes waiting for the slowest rank), its SGD step on this rank's slice and
+the finiteness check ("optimizer"). `--no-shard` times the plain update instead (allreduce,
+then every rank updates every parameter), for a side-by-side comparison. Steps run in
+blocks; images/s and the split come from the fastest block (best-of-N: the machine may be
+shared).
 
 The physical limit: a plain float32 numpy matmul (2048 square, best of several) run by every
 rank at once with the same BLAS threads as training; the sum over ranks is the machine's
@@ -52,6 +56,7 @@ from dist.comm import Comm
 from dist.config import CONFIG_DIR, load_config
 from dist.evaluate import evaluate
 from dist.train import build_model, build_optimizer, local_batch
+from dist.update import ShardedUpdate
 from launch.bench_table import BEST_LAYERS, PHASES, format_table, train_flops
 from launch.fakehosts import MPIRUN
 
@@ -69,6 +74,9 @@ def parse_args(argv):
     ap.add_argument("--seconds", type=float, default=1.0, help="target length of a timed block")
     ap.add_argument("--blocks", type=int, default=3, help="timed blocks per preset (best wins)")
     ap.add_argument("--eval-images", type=int, default=2000)
+    ap.add_argument("--no-shard", action="store_true",
+                    help="the plain update: allreduce, then every rank updates every parameter "
+                         "(default: dist.train's sharded update, dist/update.py)")
     ap.add_argument("--quick", action="store_true", help="tiny: for tests and a first look")
     ap.add_argument("--long", action="store_true", help="5 blocks of 5 s per preset")
     ap.add_argument("--out", help="JSON path (default runs/bench-<time>/bench.json)")
@@ -114,6 +122,7 @@ def bench_preset(comm: Comm, name: str, data_path: str, threads: int, args) -> d
     shard = read_epoch_shard(data_path, seed, 0, comm.rank, comm.size, batch,
                              split_seed=cfg.data.split_seed, val_size=cfg.data.val_size)
     opt, _ = build_optimizer(cfg, model, shard.steps)
+    update = ShardedUpdate(comm, model.theta, model.grad, opt, shard=not args.no_shard)
     loss_fn, lr = LOSSES[cfg.model.loss], cfg.optim.lr * 0.1   # small lr: stays finite
     k = 0
 
@@ -127,14 +136,17 @@ def bench_preset(comm: Comm, name: str, data_path: str, threads: int, args) -> d
         _, dout = loss_fn(out, y, divisor=batch)
         model.backward(dout)
         t3 = time.perf_counter()
-        comm.allreduce_sum_(model.grad)
+        update.reduce_gradient()
         t4 = time.perf_counter()
-        if not np.isfinite(np.dot(model.grad, model.grad)):
-            raise FloatingPointError(f"{name}: non-finite gradient in the benchmark")
-        opt.step(model.theta, model.grad, lr)
-        (out.argmax(axis=1) == y).sum()                       # as the loop's accuracy tally
+        update.step(lr)
         t5 = time.perf_counter()
-        times += np.array([t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4])
+        update.gather_parameters()
+        t6 = time.perf_counter()
+        if not update.finite():
+            raise FloatingPointError(f"{name}: non-finite parameters in the benchmark")
+        (out.argmax(axis=1) == y).sum()                       # as the loop's accuracy tally
+        t7 = time.perf_counter()
+        times += np.array([t1 - t0, t2 - t1, t3 - t2, (t4 - t3) + (t6 - t5), (t5 - t4) + (t7 - t6)])
         k += 1
 
     for _ in range(2):                                         # warm-up: buffers, pages
@@ -166,7 +178,7 @@ def bench_preset(comm: Comm, name: str, data_path: str, threads: int, args) -> d
             "split_ms": {p: 1e3 * float(s) for p, s in zip(PHASES, split)},
             "eval_images_per_s": eval_ips, "peak_rss_mib": max(rss) if rss else None,
             "rss_mib_per_rank": rss, "params": int(model.theta.size),
-            "augment": bool(cfg.data.augment)}
+            "augment": bool(cfg.data.augment), "sharded_update": update.shard}
 
 
 def eval_speed(comm: Comm, model: Model, data_path: str, cfg, n: int) -> float | None:

@@ -38,3 +38,18 @@ buf = np.full(10, comm.rank + 1, dtype=np.float32)
 group.allreduce_sum_(buf)
 say(f"rank {comm.rank} group size {group.size} sum {buf[0]:.0f} cores {group.cores_per_rank} "
     f"of {comm.cores_per_rank} oversubscribed {group.oversubscribed}")
+
+# The sharded update's collectives: reduce-scatter then all-gather must equal an allreduce,
+# also when the vector does not split evenly or is too short for every rank to own a slice.
+for n in (1001, 20):
+    counts, displs = comm.partition(n)
+    full = np.arange(n, dtype=np.float32) * (comm.rank + 1)
+    mine = np.empty(int(counts[comm.rank]), np.float32)
+    comm.reduce_scatter_sum(full, mine, counts)
+    theta = np.zeros(n, np.float32)
+    lo = int(displs[comm.rank])
+    theta[lo:lo + len(mine)] = mine
+    comm.allgather_(theta, counts, displs)
+    expected = np.arange(n, dtype=np.float32) * (comm.size * (comm.size + 1) // 2)
+    say(f"rank {comm.rank} sharded n {n} counts {counts.sum()} aligned {((displs % 16 == 0) | (counts == 0)).all()} "
+        f"equal {np.array_equal(theta, expected)}")

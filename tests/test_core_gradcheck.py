@@ -22,10 +22,12 @@ LAYER_CASES = [
     ({"type": "conv", "out": 2, "kernel": 5, "stride": 1, "pad": 2}, (5, 5, 2)),
     ({"type": "conv", "out": 2, "kernel": 2, "stride": 1, "pad": 2}, (4, 3, 2)),   # pad > k-1: col2im
     ({"type": "conv", "out": 3, "kernel": 3, "stride": 3, "pad": 1}, (7, 7, 1)),
+    ({"type": "conv", "out": 2, "kernel": 3, "stride": 2, "pad": 0}, (7, 6, 1)),   # Cin 1: cols transposed
     ({"type": "maxpool", "kernel": 2}, (6, 6, 3)),
     ({"type": "maxpool", "kernel": 3, "stride": 2}, (7, 7, 2)),      # overlapping windows
     ({"type": "maxpool", "kernel": 2, "stride": 1}, (5, 5, 2)),
     ({"type": "maxpool", "kernel": 3}, (7, 8, 2)),                   # ragged edge is dropped
+    ({"type": "maxpool", "kernel": 2}, (7, 6, 2)),                   # odd height: general path
     ({"type": "batchnorm"}, (5,)),
     ({"type": "batchnorm", "momentum": 0.5, "eps": 1e-3}, (4, 4, 3)),
     ({"type": "dropout", "p": 0.5}, (10,)),
@@ -148,3 +150,4 @@ def test_maxpool_then_relu_is_relu_then_maxpool():
     usual.backward(dout)
     swapped.backward(dout)
     assert np.array_equal(usual.grad, swapped.grad)
+

@@ -57,6 +57,30 @@ def test_plain_sgd_and_grad_untouched():
     assert theta.dtype == np.float32
 
 
+def test_slices_updated_one_by_one_equal_the_whole_update():
+    """dist/update.py: each rank updates its slice from the gradient of that slice only."""
+    rng = np.random.default_rng(0)
+    n = 3 * SGD.BLOCK + 7                                   # slices and blocks that do not align
+    theta0, mask = rng.standard_normal(n, dtype=np.float32), (rng.random(n) > 0.1)
+    grads = [rng.standard_normal(n, dtype=np.float32) for _ in range(3)]
+    kw = dict(momentum=0.9, nesterov=True, weight_decay=5e-4, decay_mask=mask)
+    whole, sliced = SGD(n, **kw), SGD(n, **kw)
+    theta_whole, theta_sliced = theta0.copy(), theta0.copy()
+    cuts = [0, 1000, SGD.BLOCK + 5, n]
+    for g in grads:
+        whole.step(theta_whole, g, 0.05)
+        for lo, hi in zip(cuts[:-1], cuts[1:]):
+            sliced.step(theta_sliced, g[lo:hi].copy(), 0.05, lo=lo)
+    assert theta_whole.tobytes() == theta_sliced.tobytes()
+    assert whole.velocity.tobytes() == sliced.velocity.tobytes()
+
+
+def test_a_slice_must_fit():
+    opt = SGD(10)
+    with pytest.raises(ValueError, match="grad be a slice of it, got \\(10,\\) and \\(4,\\) at offset 8"):
+        opt.step(np.zeros(10, np.float32), np.zeros(4, np.float32), 0.1, lo=8)
+
+
 @pytest.mark.parametrize("kw,message", [
     ({"momentum": 1.0}, "momentum must be in \\[0, 1\\), got 1.0"),
     ({"momentum": -0.1}, "momentum"),
