@@ -127,7 +127,9 @@ class Comm:
     @staticmethod
     def _yield_until_done(request: MPI.Request) -> None:
         """Each round of a collective needs every rank to poll; yielding (instead of sleeping)
-        lets a rank that still computes have the core, yet answers at once."""
+        lets a rank that still computes have the core, yet answers at once.  (Measured: falling
+        back to sleeps of 50 us - 1 ms after 1 ms of yielding cut mlp at 4 ranks on 2 cores
+        from 7,000-9,400 to ~4,000 images/s: each sleep delays every round of the collective.)"""
         while not request.Test():
             os.sched_yield()
 

@@ -13,8 +13,9 @@ own slice of the flat parameters, it takes the SGD step on that slice, and an al
 the parameters whole again on every rank -- an allreduce cut in two, with the optimizer's
 work split between the ranks instead of repeated on each. The loss divides by the *global*
 batch size, so the summed gradient is the single-process one: ``python -m dist.train``
-follows the same trajectory as ``mpirun -n 4`` (up to float summation order). Rank 0 evaluates, logs ``runs/<name>/metrics.jsonl`` and writes the checkpoints; the
-other ranks wait for it without spinning a core.
+follows the same trajectory as ``mpirun -n 4`` (up to float summation order). Rank 0
+evaluates, logs ``runs/<name>/metrics.jsonl`` and writes the checkpoints; the other ranks wait
+for it without spinning a core.
 """
 from __future__ import annotations
 
