@@ -25,8 +25,11 @@ figure counts for all rows. Achieved GFLOP/s = images/s x training FLOPs per ima
 training FLOPs are 3x the model's forward FLOPs (forward, dW and dx GEMMs) minus the dx of the
 first layer with parameters, which the model never computes (see launch/bench_table.py).
 
-Also: evaluation images/s (rank 0, model.forward in eval mode over validation images, with all
-cores, as dist.train does at epoch end) and peak memory per rank (ru_maxrss). With --ranks,
+Also: the update alone, "plain" (allreduce, then SGD on every parameter) against "sharded"
+(reduce-scatter, SGD on this rank's slice, all-gather), timed in alternation in the same launch
+so that both see the same moments of a shared machine (ms per step); evaluation images/s (rank
+0, model.forward in eval mode over validation images, with all cores, as dist.train does at
+epoch end) and peak memory per rank (ru_maxrss). With --ranks,
 every (preset, rank count) runs in its own mpirun, so ru_maxrss is that preset's own peak; in
 a direct launch it is the process's peak so far (presets run in order).
 
@@ -166,6 +169,7 @@ def bench_preset(comm: Comm, name: str, data_path: str, threads: int, args) -> d
         if best is None or wall < best[0]:
             best = (wall, times / steps)
     wall, split = best
+    update_ms = update_costs(comm, cfg, model, shard.steps, repeats=5 if args.quick else 50)
     eval_ips = eval_speed(comm, model, data_path, cfg, args.eval_images)
     rss = comm.world.gather(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, root=0) \
         if comm.size > 1 else [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]
@@ -178,7 +182,33 @@ def bench_preset(comm: Comm, name: str, data_path: str, threads: int, args) -> d
             "split_ms": {p: 1e3 * float(s) for p, s in zip(PHASES, split)},
             "eval_images_per_s": eval_ips, "peak_rss_mib": max(rss) if rss else None,
             "rss_mib_per_rank": rss, "params": int(model.theta.size),
-            "augment": bool(cfg.data.augment), "sharded_update": update.shard}
+            "augment": bool(cfg.data.augment), "sharded_update": update.shard,
+            "update_ms": update_ms}
+
+
+def update_costs(comm: Comm, cfg, model: Model, steps: int, repeats: int) -> dict:
+    """ms per step of the two ways to apply the gradient, timed alone and in alternation (the
+    same moments of a noisy machine for both): "plain" = allreduce + SGD on every parameter,
+    "sharded" = reduce-scatter + SGD on this rank's slice + all-gather (dist/update.py).
+    On copies of theta and grad, with ranks started together; the slowest rank counts."""
+    theta, grad = model.theta.copy(), np.full_like(model.grad, 1e-3)
+    ways = {}
+    for name, shard in (("plain", False), ("sharded", True)):
+        opt, _ = build_optimizer(cfg, model, steps)
+        ways[name] = ShardedUpdate(comm, theta, grad, opt, shard=shard)
+    best = {name: np.inf for name in ways}
+    for _ in range(5):
+        for name, update in ways.items():
+            comm.wait_for_root()
+            t = time.perf_counter()
+            for _ in range(repeats):
+                update.reduce_gradient()
+                update.step(1e-6)
+                update.gather_parameters()
+            mine = (time.perf_counter() - t) / repeats
+            slowest = max(comm.world.allgather(mine)) if comm.size > 1 else mine
+            best[name] = min(best[name], 1e3 * slowest)
+    return best
 
 
 def eval_speed(comm: Comm, model: Model, data_path: str, cfg, n: int) -> float | None:

@@ -60,6 +60,12 @@ def format_table(result: dict) -> str:
             + f"{r['peak_rss_mib']:>6.0f}")
     lines.append("# split: ms per step (rank 0) in data, forward, backward, allreduce, optimizer;"
                  " MiB: peak RSS, max over ranks")
+    for r in sorted(result["rows"], key=lambda r: (r["preset"], r["ranks"], r["threads"])):
+        u = r.get("update_ms")
+        if u and r["ranks"] > 1:
+            lines.append(f"# update alone, {r['preset']} at {r['ranks']} ranks: allreduce + full "
+                         f"SGD {u['plain']:.2f} ms, sharded {u['sharded']:.2f} ms "
+                         f"({u['plain'] / u['sharded']:.2f}x)")
     return "\n".join(lines)
 
 

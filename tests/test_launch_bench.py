@@ -32,4 +32,19 @@ def test_quick_bench_writes_rows_with_positive_numbers(mnist_h5, tmp_path):
             assert r[key] > 0, key
         assert set(r["split_ms"]) == {"data", "forward", "backward", "allreduce", "optimizer"}
         assert all(v >= 0 for v in r["split_ms"].values())
+        assert r["update_ms"]["plain"] > 0 and r["update_ms"]["sharded"] > 0
     assert "img/s" in result.stdout
+
+
+def test_two_rank_bench_compares_the_plain_and_the_sharded_update(mnist_h5, tmp_path):
+    out = tmp_path / "bench.json"
+    e = env()
+    e["MPIGRAD_DATA"] = str(mnist_h5)
+    result = subprocess.run([sys.executable, "-m", "launch.bench", "--quick", "--presets", "mlp",
+                             "--ranks", "2", "--out", str(out)], cwd=REPO, env=e,
+                            capture_output=True, text=True, timeout=170)
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["ranks"] == 2 and row["sharded_update"] is True
+    assert row["update_ms"]["plain"] > 0 and row["update_ms"]["sharded"] > 0
+    assert "update alone, mlp at 2 ranks" in result.stdout
