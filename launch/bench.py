@@ -7,6 +7,7 @@
     python -m launch.bench --presets cnn --long          # longer, steadier measurement
     python -m launch.bench --quick --out /tmp/b.json     # a few steps: checks that it runs
     python -m launch.bench --ranks 2 --no-shard          # the plain allreduce update, to compare
+    python -m launch.bench --layers --presets cnn        # ms per layer, forward and backward
 
 What a step is: exactly dist/train.py's step on real MNIST (data.prepare.ensure_dataset()):
 keyed augmentation (if the preset asks) and normalize ("data"), model.forward with keyed
@@ -80,6 +81,8 @@ def parse_args(argv):
     ap.add_argument("--no-shard", action="store_true",
                     help="the plain update: allreduce, then every rank updates every parameter "
                          "(default: dist.train's sharded update, dist/update.py)")
+    ap.add_argument("--layers", action="store_true",
+                    help="instead: forward and backward ms of every layer, one process")
     ap.add_argument("--quick", action="store_true", help="tiny: for tests and a first look")
     ap.add_argument("--long", action="store_true", help="5 blocks of 5 s per preset")
     ap.add_argument("--out", help="JSON path (default runs/bench-<time>/bench.json)")
@@ -308,9 +311,57 @@ def strip_option(argv, name):
     return out
 
 
+def layer_times(name: str, threads: int, repeats: int) -> list[dict]:
+    """ms of forward and backward of every layer of a preset's model, one process, on one
+    batch of real MNIST at the preset's batch size (best of `repeats` after a warm-up). As in
+    training, the first layer with parameters computes no dL/dimage."""
+    cfg = preset_config(name)
+    model = build_model(cfg, Comm())
+    shard = read_epoch_shard(str(ensure_dataset(quiet=True)), cfg.train.seed, 0, 0, 1,
+                             cfg.train.batch_size, split_seed=cfg.data.split_seed,
+                             val_size=cfg.data.val_size)
+    x, y, noise = local_batch(cfg, shard, 0, epoch=0)
+    model.layers[model._first_param].need_dx = False
+    best = np.full((len(model.layers), 2), np.inf)
+    with threadpool_limits(threads, user_api="blas"):
+        for _ in range(repeats + 1):                               # the first run warms up
+            h = x
+            for i, layer in enumerate(model.layers):
+                t = time.perf_counter()
+                h = layer.forward(h, True, noise) if layer.needs_noise else layer.forward(h, True)
+                best[i, 0] = min(best[i, 0], time.perf_counter() - t)
+            _, d = LOSSES[cfg.model.loss](h, y, divisor=len(y))
+            for i in range(len(model.layers) - 1, model._first_param - 1, -1):
+                t = time.perf_counter()
+                d = model.layers[i].backward(d)
+                best[i, 1] = min(best[i, 1], time.perf_counter() - t)
+    return [{"index": i, "type": layer.type_name, "input_shape": list(layer.input_shape),
+             "forward_ms": 1e3 * best[i, 0],
+             "backward_ms": 1e3 * best[i, 1] if np.isfinite(best[i, 1]) else 0.0}
+            for i, layer in enumerate(model.layers)]
+
+
+def print_layer_times(name: str, rows: list[dict]) -> None:
+    print(f"{name}: ms per layer, batch {preset_config(name).train.batch_size}")
+    for r in rows:
+        print(f"{r['index']:>3} {r['type']:<10} {str(tuple(r['input_shape'])):<16}"
+              f"fwd {r['forward_ms']:>8.2f}  bwd {r['backward_ms']:>8.2f}")
+    print(f"    total{'':<20}fwd {sum(r['forward_ms'] for r in rows):>8.2f}  "
+          f"bwd {sum(r['backward_ms'] for r in rows):>8.2f}")
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.layers:
+        threads = args.threads or 1
+        result = {name: layer_times(name, threads, 2 if args.quick else 10)
+                  for name in args.presets}
+        for name, rows in result.items():
+            print_layer_times(name, rows)
+        if args.out:
+            Path(args.out).write_text(json.dumps({"threads": threads, "layers": result}, indent=1))
+        return 0
     result = run_ranks(args, argv) if args.ranks else run_here(args)
     if result is None:                                         # not rank 0
         return 0

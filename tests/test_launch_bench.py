@@ -48,3 +48,18 @@ def test_two_rank_bench_compares_the_plain_and_the_sharded_update(mnist_h5, tmp_
     assert row["ranks"] == 2 and row["sharded_update"] is True
     assert row["update_ms"]["plain"] > 0 and row["update_ms"]["sharded"] > 0
     assert "update alone, mlp at 2 ranks" in result.stdout
+
+
+def test_layer_profile_times_every_layer(mnist_h5, tmp_path):
+    out = tmp_path / "layers.json"
+    e = env()
+    e["MPIGRAD_DATA"] = str(mnist_h5)
+    result = subprocess.run([sys.executable, "-m", "launch.bench", "--layers", "--quick",
+                             "--presets", "cnn", "--out", str(out)], cwd=REPO, env=e,
+                            capture_output=True, text=True, timeout=170)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())["layers"]["cnn"]
+    assert [r["type"] for r in rows[:3]] == ["conv", "maxpool", "relu"]
+    assert all(r["forward_ms"] > 0 for r in rows)
+    assert all(r["backward_ms"] > 0 for r in rows if r["type"] != "flatten")
+    assert "total" in result.stdout
