@@ -12,7 +12,13 @@ weights do not depend on how the ranks were grouped.
 
 Interrupted? Run the same command with ``--name <the ensemble's folder name>`` again: members
 with a ``final.json`` are kept as they are, members with checkpoints resume from their newest
-one (with the configuration they started with), the others start.
+one (with the configuration they started with), the others start. Existing member folders must
+come from the same preset with seed ``train.seed + m`` (checked before anything trains), so a
+member can also be trained on its own, with every rank, and then combined:
+
+    mpirun -n 2 python -m dist.train --preset best --set run.dir=runs/ens
+        --set run.name=member-4 --set train.seed=4              (one command)
+    mpirun -n 2 python -m dist.ensemble --members 5 --preset best --name ens
 
 When all members are done, rank 0 averages the members' class probabilities (from each member's
 ``best.h5``, chosen on validation) on the validation and test sets and writes
@@ -58,6 +64,22 @@ def member_state(folder: Path) -> str:
     return "started" if any(folder.glob("ckpt-e*-s*.h5")) else "new"
 
 
+def member_mismatch(folder: Path, preset: str, seed: int) -> str | None:
+    """Why an existing member folder does not belong to this ensemble (None if it does): it
+    must have been trained from the same preset with seed train.seed + m. A folder copied or
+    trained by hand (one `dist.train` job per member, all ranks each) is kept when it fits."""
+    path = folder / "config.json"
+    try:
+        config = json.loads(path.read_text())
+        found = (config["preset"], config["train"]["seed"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"{path}: cannot read the member's preset and train.seed ({err})"
+    if found != (preset, seed):
+        return (f"{path}: preset {found[0]!r} with train.seed {found[1]}, but this member "
+                f"needs preset {preset!r} with train.seed {seed}")
+    return None
+
+
 def main(world: Comm, argv=None) -> None:
     parser = train.ArgumentParser(prog="python -m dist.ensemble", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -71,6 +93,14 @@ def main(world: Comm, argv=None) -> None:
                              preset_args.set)
     name = world.bcast(args.name or f"ensemble-{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
     folder = Path(cfg.run.dir) / name
+
+    # Member folders that exist already must belong to this ensemble. Checked by rank 0 before
+    # any group trains, so that a mistake ends the job now and not after an hour of training.
+    problems = [f"member {m}: {why}" for m in range(args.members)
+                if member_state(folder / f"member-{m}") != "new"
+                and (why := member_mismatch(folder / f"member-{m}", cfg.preset,
+                                            cfg.train.seed + m))] if world.is_root else []
+    world.agree(not problems, problems[0] if problems else "")
 
     groups = min(args.members, world.size)
     group = world.rank * groups // world.size          # contiguous blocks of ranks

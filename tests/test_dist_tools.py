@@ -122,3 +122,19 @@ def test_early_stopping_stops_when_validation_stops_improving(mnist_h5, tmp_path
     assert [r["early_stop"] for r in rows] == [False, False, True]
     final = json.loads((tmp_path / "es" / "final.json").read_text())
     assert final["best_epoch"] == 1 and "early stop" in out.stdout
+
+
+def test_ensemble_refuses_a_member_folder_of_another_seed(mnist_h5, tmp_path):
+    # A member trained by hand with the wrong seed would silently make the ensemble a different
+    # one: the job ends before any training, naming the file and both seeds.
+    member1 = tmp_path / "ens" / "member-1"
+    member1.mkdir(parents=True)
+    (member1 / "config.json").write_text(json.dumps({"preset": "cnn", "train": {"seed": 7}}))
+    (member1 / "final.json").write_text("{}")
+    out = run_job(2, ["--members", "2", "--name", "ens", "--preset", "cnn",
+                      *small_run_args(mnist_h5, tmp_path, "ignored")[2:]], module="dist.ensemble")
+    assert out.returncode == 2
+    lines = error_lines(out.stderr)
+    assert lines == [f"error: member 1: {member1 / 'config.json'}: preset 'cnn' with train.seed 7, "
+                     "but this member needs preset 'cnn' with train.seed 1"], lines
+    assert not (tmp_path / "ens" / "member-0").exists()
