@@ -13,14 +13,19 @@ from tests.dist_helpers import REPO, env
 pytestmark = pytest.mark.timeout(180)
 
 
-def test_quick_bench_writes_rows_with_positive_numbers(mnist_h5, tmp_path):
-    out = tmp_path / "bench.json"
+def run_bench(mnist_h5, *args):
+    """`python -m launch.bench ARGS` on the test's MNIST file; returns the finished process."""
     e = env()
     e["MPIGRAD_DATA"] = str(mnist_h5)
-    result = subprocess.run([sys.executable, "-m", "launch.bench", "--quick", "--presets",
-                             "mlp,cnn", "--out", str(out)], cwd=REPO, env=e,
+    result = subprocess.run([sys.executable, "-m", "launch.bench", *args], cwd=REPO, env=e,
                             capture_output=True, text=True, timeout=170)
     assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_quick_bench_writes_rows_with_positive_numbers(mnist_h5, tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_bench(mnist_h5, "--quick", "--presets", "mlp,cnn", "--out", str(out))
     data = json.loads(out.read_text())
     assert data["machine"]["blas"].get("internal_api")
     rows = data["rows"]
@@ -38,12 +43,7 @@ def test_quick_bench_writes_rows_with_positive_numbers(mnist_h5, tmp_path):
 
 def test_two_rank_bench_compares_the_plain_and_the_sharded_update(mnist_h5, tmp_path):
     out = tmp_path / "bench.json"
-    e = env()
-    e["MPIGRAD_DATA"] = str(mnist_h5)
-    result = subprocess.run([sys.executable, "-m", "launch.bench", "--quick", "--presets", "mlp",
-                             "--ranks", "2", "--out", str(out)], cwd=REPO, env=e,
-                            capture_output=True, text=True, timeout=170)
-    assert result.returncode == 0, result.stderr
+    result = run_bench(mnist_h5, "--quick", "--presets", "mlp", "--ranks", "2", "--out", str(out))
     (row,) = json.loads(out.read_text())["rows"]
     assert row["ranks"] == 2 and row["sharded_update"] is True
     assert row["update_ms"]["plain"] > 0 and row["update_ms"]["sharded"] > 0
@@ -52,12 +52,7 @@ def test_two_rank_bench_compares_the_plain_and_the_sharded_update(mnist_h5, tmp_
 
 def test_layer_profile_times_every_layer(mnist_h5, tmp_path):
     out = tmp_path / "layers.json"
-    e = env()
-    e["MPIGRAD_DATA"] = str(mnist_h5)
-    result = subprocess.run([sys.executable, "-m", "launch.bench", "--layers", "--quick",
-                             "--presets", "cnn", "--out", str(out)], cwd=REPO, env=e,
-                            capture_output=True, text=True, timeout=170)
-    assert result.returncode == 0, result.stderr
+    result = run_bench(mnist_h5, "--layers", "--quick", "--presets", "cnn", "--out", str(out))
     rows = json.loads(out.read_text())["layers"]["cnn"]
     assert [r["type"] for r in rows[:3]] == ["conv", "maxpool", "relu"]
     assert all(r["forward_ms"] > 0 for r in rows)
