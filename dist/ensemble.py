@@ -51,10 +51,16 @@ def ensemble_accuracy(member_dirs: list[Path], images: np.ndarray, labels: np.nd
         probas.append(scores_to_proba(predict_scores(model, images), loss))
     labels = labels.astype(np.int64)
     mean = np.mean(probas, axis=0)
+    wrong = np.array([p.argmax(1) != labels for p in probas])   # (members, images)
     return {"members": [float((p.argmax(1) == labels).mean()) for p in probas],
             "ensemble": float((mean.argmax(1) == labels).mean()),
             "ensemble_nll": float(-np.log(np.maximum(mean[np.arange(len(labels)), labels],
-                                                     1e-12)).mean())}
+                                                     1e-12)).mean()),
+            # Will more members help? Not with images that most members already get wrong.
+            "errors": {"ensemble": int((mean.argmax(1) != labels).sum()),
+                       "by_every_member": int(wrong.all(axis=0).sum()),
+                       "by_most_members": int((2 * wrong.sum(axis=0) > len(probas)).sum()),
+                       "by_any_member": int(wrong.any(axis=0).sum())}}
 
 
 def member_state(folder: Path) -> str:

@@ -86,6 +86,13 @@ def test_ensemble_of_two_averages_member_probabilities(mnist_h5, tmp_path):
     expected = (np.mean(probas, axis=0).argmax(1) == labels).mean()
     assert result["test"]["ensemble"] == pytest.approx(expected, abs=1e-12)
     assert len(result["test"]["members"]) == 2
+    # The error counts: "most" of two members is both of them.
+    wrong = [p.argmax(1) != labels for p in probas]
+    assert result["test"]["errors"] == {
+        "ensemble": round((1 - expected) * len(labels)),
+        "by_every_member": int((wrong[0] & wrong[1]).sum()),
+        "by_most_members": int((wrong[0] & wrong[1]).sum()),
+        "by_any_member": int((wrong[0] | wrong[1]).sum())}
 
 
 def test_interrupted_ensemble_continues_where_it_stopped(mnist_h5, tmp_path):
