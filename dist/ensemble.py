@@ -3,17 +3,21 @@
     mpirun -n 4 python -m dist.ensemble --members 4 --preset best   # 4 groups of 1 rank
     mpirun -n 4 python -m dist.ensemble --members 2 --preset best   # 2 groups of 2 ranks
     python -m dist.ensemble --members 3 --preset mlp                 # one process, in turn
+    mpirun -n 2 python -m dist.ensemble --members best:6,best-pool:4 # members of two presets
 
 The ranks are split into groups (``MPI_Comm_Split``); each group is an ordinary data-parallel
 trainer (``dist.train.main`` on the group's communicator) with its own seed, ``train.seed + m``
-for member m, writing ``runs/<name>/member-<m>/``. With fewer ranks than members a group trains
+for member m, writing ``runs/<name>/member-<m>/``. ``--members K`` gives K members of the
+``--preset``; ``--members best:6,best-pool:4`` gives members 0-5 of ``best`` and 6-9 of
+``best-pool`` (members of different networks make different mistakes, which is what an
+average can correct). With fewer ranks than members a group trains
 several members one after another. Since every member is world-size invariant, member m's
 weights do not depend on how the ranks were grouped.
 
 Interrupted? Run the same command with ``--name <the ensemble's folder name>`` again: members
 with a ``final.json`` are kept as they are, members with checkpoints resume from their newest
 one (with the configuration they started with), the others start. Existing member folders must
-come from the same preset with seed ``train.seed + m`` (checked before anything trains), so a
+come from member m's preset with seed ``train.seed + m`` (checked before anything trains), so a
 member can also be trained on its own, with every rank, and then combined:
 
     mpirun -n 2 python -m dist.train --preset best --set run.dir=runs/ens
@@ -38,17 +42,19 @@ from data.prepare import ensure_dataset
 from data.shards import read_split
 from dist import train
 from dist.comm import Comm, ExpectedError, run_main
-from dist.config import load_config
+from dist.config import DEFAULT_PRESET, load_config
 from dist.evaluate import model_from_checkpoint, predict_scores, scores_to_proba
 
 
-def ensemble_accuracy(member_dirs: list[Path], images: np.ndarray, labels: np.ndarray,
-                      loss: str) -> dict:
+def ensemble_accuracy(member_dirs: list[Path], images: np.ndarray, labels: np.ndarray) -> dict:
     """Accuracy of each member's best.h5 and of their averaged probabilities."""
     probas = []
     for folder in member_dirs:
-        model, _ = model_from_checkpoint(folder / "best.h5")
-        probas.append(scores_to_proba(predict_scores(model, images), loss))
+        model, ckpt = model_from_checkpoint(folder / "best.h5")
+        # Each member's own loss says how its outputs become probabilities (softmax or
+        # normalised sigmoids): members of different presets can differ in it.
+        probas.append(scores_to_proba(predict_scores(model, images),
+                                      ckpt.config["model"]["loss"]))
     labels = labels.astype(np.int64)
     mean = np.mean(probas, axis=0)
     wrong = np.array([p.argmax(1) != labels for p in probas])   # (members, images)
@@ -86,33 +92,87 @@ def member_mismatch(folder: Path, preset: str, seed: int) -> str | None:
     return None
 
 
+def member_presets(members: str, preset: str | None) -> list[str]:
+    """The preset of each member, from ``--members``: "K" (K members of ``preset``, or of the
+    default preset) or "NAME:K,NAME:K,..." (members numbered in that order)."""
+    if members.strip().isdigit():
+        count = int(members)
+        if count < 1:
+            raise ExpectedError(f"--members {members}: must be >= 1", everywhere=True)
+        return [preset or DEFAULT_PRESET] * count
+    if preset:
+        raise ExpectedError(f"--preset {preset}: with --members {members} the presets are "
+                            "named in --members", everywhere=True)
+    presets = []
+    for part in members.split(","):
+        name, sep, count = part.strip().partition(":")
+        if not (sep and name and count.strip().isdigit() and int(count) >= 1):
+            raise ExpectedError(f"--members {members}: {part.strip()!r} is not NAME:COUNT with "
+                                "COUNT >= 1 (or give one number)", everywhere=True)
+        presets += [name] * int(count)
+    return presets
+
+
+# Settings every member must share: members are averaged image by image, so they must see the
+# same validation and test images, and they live in one folder with consecutive seeds.
+SHARED_SETTINGS = (("run", "dir"), ("train", "seed"), ("data", "path"), ("data", "split_seed"),
+                   ("data", "val_size"))
+
+
+def shared_setting_conflict(configs) -> str | None:
+    """Why these configs cannot be members of one ensemble (None if they can)."""
+    first, *others = configs
+    for cfg in others:
+        for section, key in SHARED_SETTINGS:
+            ours, theirs = getattr(getattr(first, section), key), getattr(getattr(cfg, section), key)
+            if ours != theirs:
+                return (f"presets {first.preset!r} and {cfg.preset!r} differ in {section}.{key} "
+                        f"({ours!r} and {theirs!r}): set it for both with --set")
+    return None
+
+
+def member_configs(world: Comm, presets: list[str], config_file, overrides) -> dict:
+    """Each distinct preset's resolved config, after checking they agree on SHARED_SETTINGS."""
+    configs = {name: train.collectively(world, load_config, name, config_file, overrides)
+               for name in dict.fromkeys(presets)}
+    conflict = shared_setting_conflict(list(configs.values()))
+    world.agree(conflict is None, conflict or "")
+    return configs
+
+
 def main(world: Comm, argv=None) -> None:
     parser = train.ArgumentParser(prog="python -m dist.ensemble", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--members", type=int, required=True, help="number of models K")
+    parser.add_argument("--members", required=True, metavar="K | NAME:K,NAME:K",
+                        help="number of models K (of --preset), or models per preset")
     parser.add_argument("--name", default="", help="run folder name (default: a timestamp)")
     args, train_argv = parser.parse_known_args(argv)
-    world.agree(args.members >= 1, f"--members {args.members}: must be >= 1")
     preset_args = train.parse_args(train_argv)
     world.agree(not preset_args.resume, "--resume: resume each member with dist.train instead")
-    cfg = train.collectively(world, load_config, preset_args.preset, preset_args.config,
-                             preset_args.set)
-    name = world.bcast(args.name or f"ensemble-{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    presets = member_presets(args.members, preset_args.preset)
+    mixed = len(set(presets)) > 1 or not args.members.strip().isdigit()
+    world.agree(not (mixed and preset_args.config),
+                f"--config {preset_args.config}: give presets in --members, or one --config")
+    configs = member_configs(world, presets, preset_args.config, preset_args.set)
+    cfg = configs[presets[0]]            # for the settings all members share
+    label = args.members if mixed else cfg.preset
+    name = world.bcast(args.name or f"ensemble-{label.replace(':', '').replace(',', '-')}-"
+                                    f"{time.strftime('%Y%m%d-%H%M%S')}")
     folder = Path(cfg.run.dir) / name
 
     # Member folders that exist already must belong to this ensemble. Checked by rank 0 before
     # any group trains, so that a mistake ends the job now and not after an hour of training.
-    problems = [f"member {m}: {why}" for m in range(args.members)
+    problems = [f"member {m}: {why}" for m in range(len(presets))
                 if member_state(folder / f"member-{m}") != "new"
-                and (why := member_mismatch(folder / f"member-{m}", cfg.preset,
+                and (why := member_mismatch(folder / f"member-{m}", configs[presets[m]].preset,
                                             cfg.train.seed + m))] if world.is_root else []
     world.agree(not problems, problems[0] if problems else "")
 
-    groups = min(args.members, world.size)
+    groups = min(len(presets), world.size)
     group = world.rank * groups // world.size          # contiguous blocks of ranks
     comm = world.split(group)  # threads per rank as in the whole job, see Comm.split
     error = None
-    for member in range(group, args.members, groups):
+    for member in range(group, len(presets), groups):
         member_dir = folder / f"member-{member}"
         # The group's rank 0 looks at the folder and tells the others, so that they agree
         # even where the run folder is not on a shared file system.
@@ -124,7 +184,8 @@ def main(world: Comm, argv=None) -> None:
         if state == "started":
             member_argv = ["--resume", str(member_dir)]
         else:
-            member_argv = [*train_argv, "--set", f"train.seed={cfg.train.seed + member}",
+            member_argv = [*train_argv, *(["--preset", presets[member]] if mixed else []),
+                           "--set", f"train.seed={cfg.train.seed + member}",
                            "--set", f"run.dir={folder}", "--set", f"run.name=member-{member}"]
         try:
             train.main(comm, member_argv)
@@ -137,16 +198,17 @@ def main(world: Comm, argv=None) -> None:
 
     def combine() -> None:
         data_path = ensure_dataset(cfg.data.path or None, quiet=True)
-        members = [folder / f"member-{m}" for m in range(args.members)]
-        result = {"members": args.members, "ranks": world.size, "preset": cfg.preset}
+        members = [folder / f"member-{m}" for m in range(len(presets))]
+        result = {"members": len(presets), "ranks": world.size, "preset": label,
+                  "presets": [configs[p].preset for p in presets]}
         for split in ("val", "test"):
             images, labels, _ = read_split(data_path, split, cfg.data.split_seed,
                                            cfg.data.val_size)
             if len(labels):
-                result[split] = ensemble_accuracy(members, images, labels, cfg.model.loss)
+                result[split] = ensemble_accuracy(members, images, labels)
         (folder / "ensemble.json").write_text(json.dumps(result, indent=2) + "\n")
         test = result["test"]
-        print(f"ensemble of {args.members}: test accuracy {100 * test['ensemble']:.2f}% "
+        print(f"ensemble of {len(presets)}: test accuracy {100 * test['ensemble']:.2f}% "
               f"(members {', '.join(f'{100 * a:.2f}%' for a in test['members'])}); "
               f"{folder / 'ensemble.json'}", flush=True)
 

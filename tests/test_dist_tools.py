@@ -95,6 +95,54 @@ def test_ensemble_of_two_averages_member_probabilities(mnist_h5, tmp_path):
         "by_any_member": int((wrong[0] | wrong[1]).sum())}
 
 
+def test_ensemble_of_two_presets_trains_each_member_with_its_own(mnist_h5, tmp_path):
+    # --members classic:1,mlp:1: member 0 is the sigmoid/squared-error net, member 1 the ReLU
+    # softmax one; each member's probabilities come from its own loss.
+    out = run_job(2, ["--members", "classic:1,mlp:1", "--name", "mix",
+                      *small_run_args(mnist_h5, tmp_path, "ignored")[4:]], module="dist.ensemble")
+    assert out.returncode == 0, out.stderr
+    folder = tmp_path / "mix"
+    result = json.loads((folder / "ensemble.json").read_text())
+    assert result["presets"] == ["classic", "mlp"] and result["preset"] == "classic:1,mlp:1"
+    from dist.evaluate import predict_scores, scores_to_proba
+    images, labels, _ = read_split(mnist_h5, "test")
+    probas = []
+    for m, (preset, loss) in enumerate([("classic", "mse"), ("mlp", "xent")]):
+        config = json.loads((folder / f"member-{m}" / "config.json").read_text())
+        assert (config["preset"], config["train"]["seed"], config["model"]["loss"]) == (preset, m, loss)
+        model, _ = model_from_checkpoint(folder / f"member-{m}" / "best.h5")
+        probas.append(scores_to_proba(predict_scores(model, images), loss))
+    expected = (np.mean(probas, axis=0).argmax(1) == labels).mean()
+    assert result["test"]["ensemble"] == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("members, extra, message", [
+    ("best:2,cnn", [], "--members best:2,cnn: 'cnn' is not NAME:COUNT with COUNT >= 1"),
+    ("cnn:1,mlp:0", [], "--members cnn:1,mlp:0: 'mlp:0' is not NAME:COUNT with COUNT >= 1"),
+    ("0", [], "--members 0: must be >= 1"),
+    ("cnn:1,mlp:1", ["--preset", "cnn"], "--preset cnn: with --members cnn:1,mlp:1 the presets are named in --members"),
+    ("cnn:1,nosuch:1", [], "--preset nosuch: no such preset"),
+])
+def test_ensemble_refuses_bad_members_in_one_line(tmp_path, members, extra, message):
+    out = run_job(2, ["--members", members, "--name", "bad", *extra,
+                      "--set", f"run.dir={tmp_path}"], module="dist.ensemble")
+    lines = error_lines(out.stderr)
+    assert out.returncode == 2 and len(lines) == 1, (out.returncode, lines)
+    assert lines[0].startswith(f"error: {message}"), lines
+    assert not (tmp_path / "bad").exists()
+
+
+def test_ensemble_members_must_share_their_data_split_and_seeds():
+    from dist.config import load_config
+    from dist.ensemble import shared_setting_conflict
+    best, pool = load_config("best"), load_config("best-pool")
+    assert shared_setting_conflict([best, pool]) is None
+    pool.data.val_size = 1000  # another validation split: the averages would mix images
+    assert shared_setting_conflict([best, pool]) == (
+        "presets 'best' and 'best-pool' differ in data.val_size (5000 and 1000): "
+        "set it for both with --set")
+
+
 def test_interrupted_ensemble_continues_where_it_stopped(mnist_h5, tmp_path):
     args = ["--members", "2", "--name", "ens",
             *small_run_args(mnist_h5, tmp_path, "ignored", "--set", "run.keep_last=2")]
