@@ -181,21 +181,37 @@ class Conv2D(Layer, _Buffers):
         if s == 1 and p <= k - 1:
             return self._dx_transposed(dy)
         # dcols = dy @ W^T, then col2im: window offset (i, j) of output pixel (oi, oj) is input
-        # pixel (oi*s + i, oj*s + j); windows overlap, so contributions add up.  In chunks of
-        # samples, so that each chunk's dcols is added back while it is still in the cache
-        # (the whole batch's is 59 MB for the best preset's 5x5 convolutions).
+        # pixel (oi*s + i - p, oj*s + j - p); windows overlap, so contributions add up.  In
+        # chunks of samples, so that each chunk's dcols is added back while it is still in the
+        # cache (the whole batch's is 59 MB for the best preset's 5x5 convolutions).
         W2t = self.W.reshape(kdim, self.out).T                     # (Cout, K)
-        dxp = np.zeros((b, h + 2 * p, w + 2 * p, c), dy.dtype)
+        dx = np.zeros(self.x_shape, dy.dtype)                      # (B, H, W, Cin)
+        # Offsets that land in the zero padding are dropped: for each (i, j), the output rows
+        # and columns whose input pixel is inside the image. Adding into dx itself (rather than
+        # into a padded copy and returning its interior) returns a contiguous array, which the
+        # layers below read faster (measured: best's batch norm after a stride-2 conv ~1.5x).
+        rows = [self._inside(i, h, ho) for i in range(k)]            # (first, last + 1) each
+        cols_ = [self._inside(j, w, wo) for j in range(k)]
         chunks, n = self._chunks(b, ho, wo, kdim, self.COL2IM_CHUNK_ELEMENTS)
         dcols_buffer = self._buffer("dcols", (n * hw, kdim), dy.dtype)
         for a, z in chunks:
             dcols = dcols_buffer[:(z - a) * hw]
             np.matmul(dy2[a * hw:z * hw], W2t, out=dcols)          # (n*Ho*Wo, K)
             dcols = dcols.reshape(z - a, ho, wo, k, k, c)
-            for i in range(k):
-                for j in range(k):
-                    dxp[a:z, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :] += dcols[:, :, :, i, j, :]
-        return dxp[:, p:p + h, p:p + w, :]                         # (B, H, W, Cin)
+            for i, (r0, r1) in enumerate(rows):
+                for j, (c0, c1) in enumerate(cols_):
+                    if r0 < r1 and c0 < c1:
+                        y0, x0 = r0 * s + i - p, c0 * s + j - p     # first input pixel hit
+                        dx[a:z, y0:y0 + s * (r1 - r0 - 1) + 1:s, x0:x0 + s * (c1 - c0 - 1) + 1:s, :] \
+                            += dcols[:, r0:r1, c0:c1, i, j, :]
+        return dx
+
+    def _inside(self, i, size, out_size):
+        """Output positions o in [first, last) whose input o*s + i - p lies in [0, size)."""
+        s, p = self.s, self.p
+        first = max(0, -(-(p - i) // s))                           # ceil((p - i) / s), >= 0
+        last = min(out_size, (size - 1 + p - i) // s + 1)
+        return first, max(first, last)
 
     def _dx_transposed(self, dy):
         """Stride 1: dx is itself a convolution -- of dy, zero-padded by k-1-p, with the

@@ -22,6 +22,7 @@ LAYER_CASES = [
     ({"type": "conv", "out": 2, "kernel": 5, "stride": 1, "pad": 2}, (5, 5, 2)),
     ({"type": "conv", "out": 2, "kernel": 2, "stride": 1, "pad": 2}, (4, 3, 2)),   # pad > k-1: col2im
     ({"type": "conv", "out": 3, "kernel": 3, "stride": 3, "pad": 1}, (7, 7, 1)),
+    ({"type": "conv", "out": 3, "kernel": 5, "stride": 2, "pad": 2}, (8, 7, 2)),   # best's downsampling
     ({"type": "conv", "out": 2, "kernel": 3, "stride": 2, "pad": 0}, (7, 6, 1)),   # Cin 1: cols transposed
     ({"type": "maxpool", "kernel": 2}, (6, 6, 3)),
     ({"type": "maxpool", "kernel": 3, "stride": 2}, (7, 7, 2)),      # overlapping windows
