@@ -349,6 +349,8 @@ def main(comm: Comm, argv=None) -> None:
         if stop:
             break
 
+    update.close()  # frees the shared-memory window (an ensemble trains several members)
+
     def final_report() -> None:  # the model that counts is the one validation chose: best.h5
         best_model, _ = model_from_checkpoint(run_dir / "best.h5", fingerprint)
         with threadpool_limits(comm.root_threads):

@@ -7,15 +7,17 @@
     python -m launch.bench --presets cnn --long          # longer, steadier measurement
     python -m launch.bench --quick --out /tmp/b.json     # a few steps: checks that it runs
     python -m launch.bench --ranks 2 --no-shard          # the plain allreduce update, to compare
+    python -m launch.bench --ranks 2 --no-shm            # sharded, but over MPI collectives
     python -m launch.bench --layers --presets cnn        # ms per layer, forward and backward
 
 What a step is: exactly dist/train.py's step on real MNIST (data.prepare.ensure_dataset()):
 keyed augmentation (if the preset asks) and normalize ("data"), model.forward with keyed
 dropout noise ("forward", includes the batch-norm reduces), the loss and model.backward
 ("backward"), the sharded update of dist/update.py: its reduce-scatter and all-gather
-("allreduce": includes waiting for the slowest rank), its SGD step on this rank's slice and
-the finiteness check ("optimizer"). `--no-shard` times the plain update instead (allreduce,
-then every rank updates every parameter), for a side-by-side comparison. Steps run in
+("allreduce": includes waiting for the slowest rank; through a shared-memory window when all
+ranks are on one node, as in dist.train), its SGD step on this rank's slice and the
+finiteness check ("optimizer"). `--no-shard` times the plain update instead (allreduce, then
+every rank updates every parameter), and `--no-shm` the sharded one over MPI's collectives. Steps run in
 blocks; images/s and the split come from the fastest block (best-of-N: the machine may be
 shared).
 
@@ -26,8 +28,9 @@ figure counts for all rows. Achieved GFLOP/s = images/s x training FLOPs per ima
 training FLOPs are 3x the model's forward FLOPs (forward, dW and dx GEMMs) minus the dx of the
 first layer with parameters, which the model never computes (see launch/bench_table.py).
 
-Also: the update alone, "plain" (allreduce, then SGD on every parameter) against "sharded"
-(reduce-scatter, SGD on this rank's slice, all-gather), timed in alternation in the same launch
+Also: the update alone, "plain" (allreduce, then SGD on every parameter) against "sharded_mpi"
+(MPI's reduce-scatter, SGD on this rank's slice, MPI's all-gather) and "sharded" (the same
+halves through shared memory on one node; dist.train's update), timed in alternation in the same launch
 so that both see the same moments of a shared machine (ms per step); evaluation images/s (rank
 0, model.forward in eval mode over validation images, with all cores, as dist.train does at
 epoch end) and peak memory per rank (ru_maxrss). With --ranks,
@@ -81,6 +84,8 @@ def parse_args(argv):
     ap.add_argument("--no-shard", action="store_true",
                     help="the plain update: allreduce, then every rank updates every parameter "
                          "(default: dist.train's sharded update, dist/update.py)")
+    ap.add_argument("--no-shm", action="store_true",
+                    help="the sharded update over MPI collectives, not a shared-memory window")
     ap.add_argument("--layers", action="store_true",
                     help="instead: forward and backward ms of every layer, one process")
     ap.add_argument("--quick", action="store_true", help="tiny: for tests and a first look")
@@ -128,7 +133,8 @@ def bench_preset(comm: Comm, name: str, data_path: str, threads: int, args) -> d
     shard = read_epoch_shard(data_path, seed, 0, comm.rank, comm.size, batch,
                              split_seed=cfg.data.split_seed, val_size=cfg.data.val_size)
     opt, _ = build_optimizer(cfg, model, shard.steps)
-    update = ShardedUpdate(comm, model.theta, model.grad, opt, shard=not args.no_shard)
+    update = ShardedUpdate(comm, model.theta, model.grad, opt, shard=not args.no_shard,
+                           shared_memory=not args.no_shm)
     loss_fn, lr = LOSSES[cfg.model.loss], cfg.optim.lr * 0.1   # small lr: stays finite
     k = 0
 
@@ -172,6 +178,8 @@ def bench_preset(comm: Comm, name: str, data_path: str, threads: int, args) -> d
         if best is None or wall < best[0]:
             best = (wall, times / steps)
     wall, split = best
+    transport = update.transport
+    update.close()
     update_ms = update_costs(comm, cfg, model, shard.steps, repeats=5 if args.quick else 50)
     eval_ips = eval_speed(comm, model, data_path, cfg, args.eval_images)
     rss = comm.world.gather(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, root=0) \
@@ -186,19 +194,21 @@ def bench_preset(comm: Comm, name: str, data_path: str, threads: int, args) -> d
             "eval_images_per_s": eval_ips, "peak_rss_mib": max(rss) if rss else None,
             "rss_mib_per_rank": rss, "params": int(model.theta.size),
             "augment": bool(cfg.data.augment), "sharded_update": update.shard,
-            "update_ms": update_ms}
+            "update_transport": transport, "update_ms": update_ms}
 
 
 def update_costs(comm: Comm, cfg, model: Model, steps: int, repeats: int) -> dict:
-    """ms per step of the two ways to apply the gradient, timed alone and in alternation (the
-    same moments of a noisy machine for both): "plain" = allreduce + SGD on every parameter,
-    "sharded" = reduce-scatter + SGD on this rank's slice + all-gather (dist/update.py).
+    """ms per step of the ways to apply the gradient, timed alone and in alternation (the same
+    moments of a noisy machine for all): "plain" = allreduce + SGD on every parameter,
+    "sharded_mpi" = MPI reduce-scatter + SGD on this rank's slice + MPI all-gather, "sharded" =
+    the same through a shared-memory window where the ranks share a node (dist/update.py).
     On copies of theta and grad, with ranks started together; the slowest rank counts."""
     theta, grad = model.theta.copy(), np.full_like(model.grad, 1e-3)
     ways = {}
-    for name, shard in (("plain", False), ("sharded", True)):
+    for name, shard, shm in (("plain", False, False), ("sharded_mpi", True, False),
+                             ("sharded", True, True)):
         opt, _ = build_optimizer(cfg, model, steps)
-        ways[name] = ShardedUpdate(comm, theta, grad, opt, shard=shard)
+        ways[name] = ShardedUpdate(comm, theta, grad, opt, shard=shard, shared_memory=shm)
     best = {name: np.inf for name in ways}
     for _ in range(5):
         for name, update in ways.items():
@@ -211,6 +221,8 @@ def update_costs(comm: Comm, cfg, model: Model, steps: int, repeats: int) -> dic
             mine = (time.perf_counter() - t) / repeats
             slowest = max(comm.world.allgather(mine)) if comm.size > 1 else mine
             best[name] = min(best[name], 1e3 * slowest)
+    for update in ways.values():
+        update.close()
     return best
 
 

@@ -63,8 +63,11 @@ def format_table(result: dict) -> str:
     for r in sorted(result["rows"], key=lambda r: (r["preset"], r["ranks"], r["threads"])):
         u = r.get("update_ms")
         if u and r["ranks"] > 1:
+            over_mpi = (f"sharded over MPI collectives {u['sharded_mpi']:.2f} ms, "
+                        if "sharded_mpi" in u else "")   # older files have two ways only
             lines.append(f"# update alone, {r['preset']} at {r['ranks']} ranks: allreduce + full "
-                         f"SGD {u['plain']:.2f} ms, sharded {u['sharded']:.2f} ms "
+                         f"SGD {u['plain']:.2f} ms, {over_mpi}sharded "
+                         f"({r.get('update_transport', 'MPI collectives')}) {u['sharded']:.2f} ms "
                          f"({u['plain'] / u['sharded']:.2f}x)")
     return "\n".join(lines)
 

@@ -53,3 +53,23 @@ for n in (1001, 20):
     expected = np.arange(n, dtype=np.float32) * (comm.size * (comm.size + 1) // 2)
     say(f"rank {comm.rank} sharded n {n} counts {counts.sum()} aligned {((displs % 16 == 0) | (counts == 0)).all()} "
         f"equal {np.array_equal(theta, expected)}")
+
+# The same update through the shared-memory window (dist/update.py), on an uneven vector, twice
+# in a row (the second step reuses the window): each rank's theta equals the allreduce's.
+from core.optim import SGD  # noqa: E402
+from dist.update import ShardedUpdate  # noqa: E402
+n = 1001
+results = {}
+for shared in (False, True):
+    theta, grad = np.zeros(n, np.float32), np.empty(n, np.float32)
+    update = ShardedUpdate(comm, theta, grad, SGD(n, momentum=0.5), shared_memory=shared)
+    for step in range(2):
+        grad[...] = np.arange(n, dtype=np.float32) * (comm.rank + 1) + step
+        update.reduce_gradient()
+        update.step(1.0)
+        update.gather_parameters()
+    results[update.transport] = theta
+    update.close()
+# With 2 ranks both sums are of two numbers (bitwise equal); with more, the order may differ.
+equal = np.allclose(results["shared memory"], results["MPI collectives"], rtol=1e-6)
+say(f"rank {comm.rank} transports {sorted(results)} equal {equal}")

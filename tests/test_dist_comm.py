@@ -1,6 +1,7 @@
 """The communicator: in-place allreduce, ranks that wait for rank 0 do not spin a core,
 split groups (ensemble members) keep the whole job's share of cores, and the sharded update's
-reduce-scatter + all-gather equal an allreduce (4 ranks on 2 cores: the non-blocking path)."""
+reduce-scatter + all-gather equal an allreduce (4 ranks on 2 cores: the non-blocking path),
+and so do the same two halves through a shared-memory window."""
 import os
 import re
 import subprocess
@@ -40,3 +41,5 @@ def test_waiting_ranks_sleep_and_allreduce_sums(ranks):
     assert len(sharded) == 2 * ranks
     for n, counts, aligned, equal in sharded:
         assert (counts, aligned, equal) == (n, "True", "True")
+    transports = re.findall(r"rank \d+ transports (.*) equal (\w+)", out.stdout)
+    assert transports == [("['MPI collectives', 'shared memory']", "True")] * ranks, transports
