@@ -34,7 +34,8 @@ and copies the others' after a second barrier. Across nodes, MPI's Reduce_scatte
 Allgatherv. (launch.bench times both, and the plain update, side by side.)
 
 ``shard=False`` is the plain allreduce-then-update-everything step; ``shared_memory=False``
-keeps the MPI collectives on one node.  Tested by tests/test_dist_invariance.py (n ranks against 1, bitwise resume).
+keeps the MPI collectives on one node.  Tested by tests/test_dist_invariance.py (n ranks
+against 1, bitwise resume) and tests/comm_probe.py (both transports give the same theta).
 """
 from __future__ import annotations
 
