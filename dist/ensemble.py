@@ -9,9 +9,9 @@ The ranks are split into groups (``MPI_Comm_Split``); each group is an ordinary 
 trainer (``dist.train.main`` on the group's communicator) with its own seed, ``train.seed + m``
 for member m, writing ``runs/<name>/member-<m>/``. ``--members K`` gives K members of the
 ``--preset``; ``--members best:6,best-pool:4`` gives members 0-5 of ``best`` and 6-9 of
-``best-pool`` (members of different networks make different mistakes, which is what an
-average can correct). With fewer ranks than members a group trains
-several members one after another. Since every member is world-size invariant, member m's
+``best-pool``: members of different networks may disagree more often, which is what an average
+needs (for these two it did not pay off: README, "Ensemble"). With fewer ranks than members a
+group trains several members one after another. Since every member is world-size invariant, member m's
 weights do not depend on how the ranks were grouped.
 
 Interrupted? Run the same command with ``--name <the ensemble's folder name>`` again: members
