@@ -67,7 +67,7 @@ def format_table(result: dict) -> str:
                         if "sharded_mpi" in u else "")   # older files have two ways only
             lines.append(f"# update alone, {r['preset']} at {r['ranks']} ranks: allreduce + full "
                          f"SGD {u['plain']:.2f} ms, {over_mpi}sharded "
-                         f"({r.get('update_transport', 'MPI collectives')}) {u['sharded']:.2f} ms "
+                         f"({u.get('sharded_transport', 'MPI collectives')}) {u['sharded']:.2f} ms "
                          f"({u['plain'] / u['sharded']:.2f}x)")
     return "\n".join(lines)
 

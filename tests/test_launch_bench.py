@@ -48,6 +48,7 @@ def test_two_rank_bench_compares_the_plain_and_the_sharded_update(mnist_h5, tmp_
     assert row["ranks"] == 2 and row["sharded_update"] is True
     assert row["update_transport"] == "shared memory"   # both ranks on this machine
     assert all(row["update_ms"][way] > 0 for way in ("plain", "sharded_mpi", "sharded"))
+    assert row["update_ms"]["sharded_transport"] == "shared memory"
     assert "update alone, mlp at 2 ranks" in result.stdout
 
 
