@@ -11,8 +11,8 @@ for member m, writing ``runs/<name>/member-<m>/``. ``--members K`` gives K membe
 ``--preset``; ``--members best:6,best-pool:4`` gives members 0-5 of ``best`` and 6-9 of
 ``best-pool``: members of different networks may disagree more often, which is what an average
 needs (for these two it did not pay off: README, "Ensemble"). With fewer ranks than members a
-group trains several members one after another. Since every member is world-size invariant, member m's
-weights do not depend on how the ranks were grouped.
+group trains several members one after another. Since every member is world-size invariant,
+member m's weights do not depend on how the ranks were grouped.
 
 Interrupted? Run the same command with ``--name <the ensemble's folder name>`` again: members
 with a ``final.json`` are kept as they are, members with checkpoints resume from their newest
@@ -150,7 +150,7 @@ def main(world: Comm, argv=None) -> None:
     preset_args = train.parse_args(train_argv)
     world.agree(not preset_args.resume, "--resume: resume each member with dist.train instead")
     presets = member_presets(args.members, preset_args.preset)
-    mixed = len(set(presets)) > 1 or not args.members.strip().isdigit()
+    mixed = not args.members.strip().isdigit()   # presets named in --members
     world.agree(not (mixed and preset_args.config),
                 f"--config {preset_args.config}: give presets in --members, or one --config")
     configs = member_configs(world, presets, preset_args.config, preset_args.set)
