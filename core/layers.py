@@ -18,6 +18,9 @@ the aliasing; rebinding (`self.W = self.W - ...`) would silently break it.
 Shapes are per sample in `input_shape`/`out_shape` (no batch dimension) and carry the
 batch dimension B first in the arrays: (B, F) for features, (B, H, W, C) for images.
 
+Matrix products are written `np.matmul(a, b)` rather than `a @ b` everywhere in core/: the
+benchmark records them by wrapping np.matmul (launch/gemm_ceiling.py), which `@` bypasses.
+
 Conv2D and MaxPool2D live in core/conv.py, BatchNorm in core/norm.py; spec validation
 and the type registry in core/spec.py.  Tested by tests/test_core_gradcheck.py.
 """
@@ -114,7 +117,7 @@ class Dense(Layer):
         return self.input_shape[0], self.out
 
     def forward(self, x, train):
-        y = x @ self.W                       # (B, F) @ (F, O) -> (B, O)
+        y = np.matmul(x, self.W)             # (B, F) @ (F, O) -> (B, O)
         y += self.b
         self.x = x if train else None
         return y
@@ -122,7 +125,7 @@ class Dense(Layer):
     def backward(self, dy):                  # dy (B, O)
         np.matmul(self.x.T, dy, out=self.dW)  # (F, B) @ (B, O) -> (F, O)
         column_sum(dy, out=self.db)           # (O,)
-        return dy @ self.W.T if self.need_dx else None   # (B, O) @ (O, F) -> (B, F)
+        return np.matmul(dy, self.W.T) if self.need_dx else None   # (B, O) @ (O, F) -> (B, F)
 
 
 class ReLU(Layer):

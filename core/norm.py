@@ -63,7 +63,7 @@ class BatchNorm(Layer):
             ones = self.__dict__.get("_ones")
             if ones is None or ones.shape[0] != per_sample.shape[1] or ones.dtype != a.dtype:
                 ones = self._ones = np.ones(per_sample.shape[1], a.dtype)
-            per_sample = ones @ per_sample                         # (B, C)
+            per_sample = np.matmul(ones, per_sample)               # (B, C)
         return np.sum(per_sample.reshape(-1, a.shape[-1]), axis=0, dtype=np.float64)
 
     def _sums_of_products(self, a, b):

@@ -17,8 +17,9 @@ member m's weights do not depend on how the ranks were grouped.
 Interrupted? Run the same command with ``--name <the ensemble's folder name>`` again: members
 with a ``final.json`` are kept as they are, members with checkpoints resume from their newest
 one (with the configuration they started with), the others start. Existing member folders must
-come from member m's preset with seed ``train.seed + m`` (checked before anything trains), so a
-member can also be trained on its own, with every rank, and then combined:
+come from member m's preset with seed ``train.seed + m`` and the same settings (``--set``) as
+this command gives its members (checked before anything trains), so a member can also be
+trained on its own, with every rank, and then combined:
 
     mpirun -n 2 python -m dist.train --preset best --set run.dir=runs/ens
         --set run.name=member-4 --set train.seed=4              (one command)
@@ -38,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.spec import normalize_spec
 from data.prepare import ensure_dataset
 from data.shards import read_split
 from dist import train
@@ -76,19 +78,52 @@ def member_state(folder: Path) -> str:
     return "started" if any(folder.glob("ckpt-e*-s*.h5")) else "new"
 
 
-def member_mismatch(folder: Path, preset: str, seed: int) -> str | None:
+# Settings that do not change the weights a member ends with: where it runs and writes, how
+# often it reports, where the data file lives; and its seed, which is checked on its own.
+NOT_SHAPING = ("run.", "data.path", "data.source", "train.eval_test_every", "train.seed")
+
+
+def _flatten(table: dict, prefix: str = "") -> dict:
+    """{"train": {"epochs": 12}} -> {"train.epochs": 12}"""
+    flat = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def member_mismatch(folder: Path, cfg, seed: int) -> str | None:
     """Why an existing member folder does not belong to this ensemble (None if it does): it
-    must have been trained from the same preset with seed train.seed + m. A folder copied or
-    trained by hand (one `dist.train` job per member, all ranks each) is kept when it fits."""
+    must have been trained from the same preset with seed train.seed + m, and with the same
+    settings as this ensemble's members (`cfg`: its preset with this command's --set), up to
+    the NOT_SHAPING ones. A folder copied or trained by hand (one `dist.train` job per member,
+    all ranks each) is kept when it fits."""
     path = folder / "config.json"
     try:
         config = json.loads(path.read_text())
         found = (config["preset"], config["train"]["seed"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         return f"{path}: cannot read the member's preset and train.seed ({err})"
-    if found != (preset, seed):
+    if found != (cfg.preset, seed):
         return (f"{path}: preset {found[0]!r} with train.seed {found[1]}, but this member "
-                f"needs preset {preset!r} with train.seed {seed}")
+                f"needs preset {cfg.preset!r} with train.seed {seed}")
+    has, wants = _flatten(config), _flatten(cfg.to_dict())
+    try:   # layers as dist.train saves them: every default filled in
+        wants["model.layers"] = normalize_spec(wants["model.layers"])
+    except ValueError:
+        pass  # train.main names the bad layer
+    for key, value in wants.items():
+        found_value = has.get(key, "(missing)")
+        if key.startswith(NOT_SHAPING) or found_value == value:
+            continue
+        if key == "model.layers" and isinstance(found_value, list):
+            diff = next((i for i, (a, b) in enumerate(zip(found_value, value)) if a != b),
+                        min(len(found_value), len(value)))
+            return (f"{path}: model.layers differ from this ensemble's at layer {diff} "
+                    f"({len(found_value)} layers against {len(value)})")
+        return f"{path}: {key} is {found_value!r}, but this ensemble's members have {value!r}"
     return None
 
 
@@ -164,7 +199,7 @@ def main(world: Comm, argv=None) -> None:
     # any group trains, so that a mistake ends the job now and not after an hour of training.
     problems = [f"member {m}: {why}" for m in range(len(presets))
                 if member_state(folder / f"member-{m}") != "new"
-                and (why := member_mismatch(folder / f"member-{m}", configs[presets[m]].preset,
+                and (why := member_mismatch(folder / f"member-{m}", configs[presets[m]],
                                             cfg.train.seed + m))] if world.is_root else []
     world.agree(not problems, problems[0] if problems else "")
 

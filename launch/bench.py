@@ -66,6 +66,7 @@ from dist.train import build_model, build_optimizer, local_batch
 from dist.update import ShardedUpdate
 from launch.bench_table import BEST_LAYERS, PHASES, format_table, train_flops
 from launch.fakehosts import MPIRUN
+from launch.gemm_ceiling import record_matmuls, replay_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD_ENV = "MPIGRAD_BENCH_CHILD"
@@ -163,6 +164,8 @@ def bench_preset(comm: Comm, name: str, data_path: str, threads: int, args) -> d
 
     for _ in range(2):                                         # warm-up: buffers, pages
         step(np.zeros(len(PHASES)))
+    with record_matmuls() as matmuls:                          # the step's GEMMs, for the ceiling
+        step(np.zeros(len(PHASES)))
     # Steps per block from a probe, agreed by all ranks (they must run the same count).
     probe = time.perf_counter()
     step(np.zeros(len(PHASES)))
@@ -181,6 +184,9 @@ def bench_preset(comm: Comm, name: str, data_path: str, threads: int, args) -> d
     transport = update.transport
     update.close()
     update_ms = update_costs(comm, cfg, model, shard.steps, repeats=5 if args.quick else 50)
+    gemm_s = replay_seconds(matmuls, repeats=2 if args.quick else 10,
+                            start=comm.wait_for_root, finish=comm.barrier)
+    gemm_s = max(comm.world.allgather(gemm_s)) if comm.size > 1 else gemm_s   # slowest rank
     eval_ips = eval_speed(comm, model, data_path, cfg, args.eval_images)
     rss = comm.world.gather(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, root=0) \
         if comm.size > 1 else [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]
@@ -194,7 +200,10 @@ def bench_preset(comm: Comm, name: str, data_path: str, threads: int, args) -> d
             "eval_images_per_s": eval_ips, "peak_rss_mib": max(rss) if rss else None,
             "rss_mib_per_rank": rss, "params": int(model.theta.size),
             "augment": bool(cfg.data.augment), "sharded_update": update.shard,
-            "update_transport": transport, "update_ms": update_ms}
+            "update_transport": transport, "update_ms": update_ms,
+            "gemm_ms": 1e3 * gemm_s, "gemm_calls": len(matmuls),
+            "gemm_gflops_per_rank": sum(c.flops for c in matmuls) / gemm_s / 1e9,
+            "ceiling_images_per_s": batch / gemm_s}
 
 
 def update_costs(comm: Comm, cfg, model: Model, steps: int, repeats: int) -> dict:
@@ -267,7 +276,9 @@ def run_here(args) -> dict | None:
             rows.append(bench_preset(comm, name, data_path, threads, args))
             peak = max(peak, gemm_peak(comm, repeats=2 if args.quick else 5))
         for row in rows:
-            row.update(peak_gflops=peak, pct_peak=100 * row["gflops"] / peak)
+            row.update(peak_gflops=peak, pct_peak=100 * row["gflops"] / peak,
+                       ceiling_pct_peak=100 * row["ceiling_images_per_s"]
+                       * row["train_flops_per_image"] / 1e9 / peak)
     if not comm.is_root:
         return None
     return {"rows": rows, "machine": {"cores": cores, "blas": blas_info(),

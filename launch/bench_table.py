@@ -44,7 +44,7 @@ def format_table(result: dict) -> str:
              f"kernel {blas.get('architecture', '?')}",
              f"# {result.get('command', '')}",
              f"{'preset':<7}{'ranks':>6}{'thr':>4}{'batch':>6}{'img/s':>9}{'GFLOP/s':>9}"
-             f"{'peak':>7}{'%peak':>7}{'step ms':>9}  "
+             f"{'peak':>7}{'%peak':>7}{'ceil%':>7}{'step ms':>9}  "
              + " ".join(f"{p[:5]:>6}" for p in PHASES)
              + f"{'allr%':>7}{'eval/s':>8}{'MiB':>6}"]
     for r in sorted(result["rows"], key=lambda r: (r["preset"], r["ranks"], r["threads"])):
@@ -53,13 +53,17 @@ def format_table(result: dict) -> str:
         lines.append(
             f"{r['preset']:<7}{r['ranks']:>6}{r['threads']:>4}{r['batch_size']:>6}"
             f"{r['images_per_s']:>9.0f}{r['gflops']:>9.1f}{r['peak_gflops']:>7.0f}"
-            f"{r['pct_peak']:>6.0f}%{r['step_ms']:>9.2f}  "
+            f"{r['pct_peak']:>6.0f}%"
+            + (f"{r['ceiling_pct_peak']:>6.0f}%" if "ceiling_pct_peak" in r else f"{'-':>7}")
+            + f"{r['step_ms']:>9.2f}  "
             + " ".join(f"{split[p]:>6.2f}" for p in PHASES)
             + f"{100 * split['allreduce'] / step:>6.1f}%"
             + (f"{r['eval_images_per_s']:>8.0f}" if r.get("eval_images_per_s") else f"{'-':>8}")
             + f"{r['peak_rss_mib']:>6.0f}")
     lines.append("# split: ms per step (rank 0) in data, forward, backward, allreduce, optimizer;"
                  " MiB: peak RSS, max over ranks")
+    lines.append("# ceil%: the %peak if the step's matmuls, replayed alone at their own shapes,"
+                 " were all it did (launch/gemm_ceiling.py)")
     for r in sorted(result["rows"], key=lambda r: (r["preset"], r["ranks"], r["threads"])):
         u = r.get("update_ms")
         if u and r["ranks"] > 1:

@@ -5,6 +5,7 @@ import h5py
 import numpy as np
 import pytest
 
+from core.spec import normalize_spec
 from dist.evaluate import evaluate, model_from_checkpoint
 from data.shards import read_split
 from tests.dist_helpers import error_lines, run_job, small_run_args
@@ -193,3 +194,34 @@ def test_ensemble_refuses_a_member_folder_of_another_seed(mnist_h5, tmp_path):
     assert lines == [f"error: member 1: {member1 / 'config.json'}: preset 'cnn' with train.seed 7, "
                      "but this member needs preset 'cnn' with train.seed 1"], lines
     assert not (tmp_path / "ens" / "member-0").exists()
+
+
+def test_ensemble_refuses_a_member_trained_with_other_settings(tmp_path):
+    # Same preset and seed, but trained for other epochs or with another network: averaging it
+    # in would make another ensemble than the command says. Settings that do not change the
+    # weights (where it writes, how often it reports) do not count.
+    from dist.config import load_config
+    from dist.ensemble import member_mismatch
+
+    def member(*overrides):
+        cfg = load_config("cnn", overrides=["train.seed=1", *overrides])
+        cfg.model.layers = normalize_spec(cfg.model.layers)    # as dist.train saves it
+        folder = tmp_path / f"member-{len(list(tmp_path.iterdir()))}"
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps(cfg.to_dict()))
+        return folder
+
+    wanted = load_config("cnn", overrides=["train.epochs=20"])
+    assert member_mismatch(member("train.epochs=20", "run.dir=elsewhere",
+                                  "train.eval_test_every=0"), wanted, 1) is None
+    folder = member()
+    assert member_mismatch(folder, wanted, 1) == (
+        f"{folder / 'config.json'}: train.epochs is {load_config('cnn').train.epochs}, "
+        "but this ensemble's members have 20")
+    wider = load_config("cnn", overrides=["train.epochs=20"])
+    wider.model.layers = [dict(layer) for layer in wider.model.layers]
+    wider.model.layers[0]["out"] *= 2
+    folder = member("train.epochs=20")
+    message = member_mismatch(folder, wider, 1)
+    assert message.startswith(f"{folder / 'config.json'}: model.layers differ from this "
+                              "ensemble's at layer 0"), message

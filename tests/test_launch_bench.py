@@ -33,12 +33,13 @@ def test_quick_bench_writes_rows_with_positive_numbers(mnist_h5, tmp_path):
     for r in rows:
         assert r["ranks"] == 1 and r["threads"] >= 1
         for key in ("images_per_s", "gflops", "peak_gflops", "pct_peak", "step_ms",
-                    "train_flops_per_image", "eval_images_per_s", "peak_rss_mib"):
+                    "train_flops_per_image", "eval_images_per_s", "peak_rss_mib",
+                    "gemm_ms", "gemm_calls", "ceiling_images_per_s", "ceiling_pct_peak"):
             assert r[key] > 0, key
         assert set(r["split_ms"]) == {"data", "forward", "backward", "allreduce", "optimizer"}
         assert all(v >= 0 for v in r["split_ms"].values())
         assert r["update_ms"]["plain"] > 0 and r["update_ms"]["sharded"] > 0
-    assert "img/s" in result.stdout
+    assert "img/s" in result.stdout and "ceil%" in result.stdout
 
 
 def test_two_rank_bench_compares_the_plain_and_the_sharded_update(mnist_h5, tmp_path):
@@ -60,3 +61,38 @@ def test_layer_profile_times_every_layer(mnist_h5, tmp_path):
     assert all(r["forward_ms"] > 0 for r in rows)
     assert all(r["backward_ms"] > 0 for r in rows if r["type"] != "flatten")
     assert "total" in result.stdout
+
+
+def test_the_gemm_recorder_sees_every_product_of_a_step_and_replays_them():
+    """A 2-layer MLP step is 5 GEMMs (no dx into the image) plus 2 bias column sums; the
+    recorder lists them with their shapes and layouts, and np.matmul is restored after."""
+    import numpy as np
+
+    from core.losses import LOSSES
+    from core.model import Model
+    from launch.gemm_ceiling import record_matmuls, replay_seconds
+
+    real = np.matmul
+    model = Model([{"type": "flatten"}, {"type": "dense", "out": 16}, {"type": "relu"},
+                   {"type": "dense", "out": 10}], input_shape=(28, 28, 1), seed=0)
+    x = np.random.default_rng(0).random((8, 28, 28, 1), dtype=np.float32)
+    y = np.arange(8) % 10
+    with record_matmuls() as calls:
+        out = model.forward(x, train=True)
+        model.backward(LOSSES["xent"](out, y, divisor=8)[1])
+    assert np.matmul is real
+    products = [(c.a_shape, c.a_layout, c.b_shape, c.b_layout) for c in calls]
+    assert products == [
+        ((8, 784), "C", (784, 16), "C"),           # forward, dense 1
+        ((8, 16), "C", (16, 10), "C"),             # forward, dense 2
+        ((16, 8), "T", (8, 10), "C"),              # dW2 = h^T dy
+        ((8,), "C", (8, 10), "C"),                 # db2: column sum
+        ((8, 10), "C", (10, 16), "T"),             # dx2 = dy W2^T
+        ((784, 8), "T", (8, 16), "C"),             # dW1 = x^T dh
+        ((8,), "C", (8, 16), "C"),                 # db1
+    ]
+    assert calls[0].flops == 2 * 8 * 784 * 16
+    assert replay_seconds(calls, repeats=2) > 0
+    with pytest.raises(ZeroDivisionError), record_matmuls():
+        1 / 0
+    assert np.matmul is real
