@@ -28,6 +28,11 @@ figure counts for all rows. Achieved GFLOP/s = images/s x training FLOPs per ima
 training FLOPs are 3x the model's forward FLOPs (forward, dW and dx GEMMs) minus the dx of the
 first layer with parameters, which the model never computes (see launch/bench_table.py).
 
+The GEMM ceiling ("ceil%"): every np.matmul call of one real step is recorded and replayed
+alone (launch/gemm_ceiling.py); the %peak the step would reach if those products were all it
+did. The gap between %peak and ceil% is everything else; the gap from ceil% to 100% is what
+BLAS makes of the step's thin shapes.
+
 Also: the update alone, "plain" (allreduce, then SGD on every parameter) against "sharded_mpi"
 (MPI's reduce-scatter, SGD on this rank's slice, MPI's all-gather) and "sharded" (the same
 halves through shared memory on one node; dist.train's update), timed in alternation in the same launch
@@ -184,12 +189,13 @@ def bench_preset(comm: Comm, name: str, data_path: str, threads: int, args) -> d
     transport = update.transport
     update.close()
     update_ms = update_costs(comm, cfg, model, shard.steps, repeats=5 if args.quick else 50)
-    gemm_s = replay_seconds(matmuls, repeats=2 if args.quick else 10,
-                            start=comm.wait_for_root, finish=comm.barrier)
-    gemm_s = max(comm.world.allgather(gemm_s)) if comm.size > 1 else gemm_s   # slowest rank
     eval_ips = eval_speed(comm, model, data_path, cfg, args.eval_images)
     rss = comm.world.gather(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, root=0) \
         if comm.size > 1 else [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]
+    # After the peak memory is taken: the replay's operand copies are not training's memory.
+    gemm_s = replay_seconds(matmuls, repeats=2 if args.quick else 10,
+                            start=comm.wait_for_root, finish=comm.barrier)
+    gemm_s = max(comm.world.allgather(gemm_s)) if comm.size > 1 else gemm_s   # slowest rank
     ips = steps * batch / wall
     flops = train_flops(model)
     return {"preset": name, "ranks": comm.size, "threads": threads, "batch_size": batch,
