@@ -89,7 +89,10 @@ def _operand(shape: tuple, layout: str, dtype: str, rng) -> np.ndarray:
 
 def replay_seconds(calls: list[MatmulCall], repeats: int = 5, start=None, finish=None) -> float:
     """Fastest time of running all `calls` once, in order, on fresh operands of the same
-    shapes and layouts (operands with equal shape and layout share one array).
+    shapes and layouts.  Operands with equal shape and layout share one array, as the
+    chunks of a convolution share its reused im2col buffer; where the step used different
+    arrays, this keeps more in cache, so the ceiling errs on the high side, as a ceiling
+    should.
 
     With several ranks, pass barriers: `start()` runs before each repeat, outside the timing,
     and `finish()` inside it, so that a repeat lasts until the slowest rank is done.  Without
