@@ -62,9 +62,10 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 from core.losses import LOSSES
 from core.model import Model
+from data.errors import DataError
 from data.prepare import ensure_dataset
 from data.shards import read_epoch_shard, read_split
-from dist.comm import Comm
+from dist.comm import Comm, ExpectedError, install_abort_hook
 from dist.config import CONFIG_DIR, load_config
 from dist.evaluate import evaluate
 from dist.train import build_model, build_optimizer, local_batch
@@ -98,12 +99,34 @@ def parse_args(argv):
     ap.add_argument("--long", action="store_true", help="5 blocks of 5 s per preset")
     ap.add_argument("--out", help="JSON path (default runs/bench-<time>/bench.json)")
     args = ap.parse_args(argv)
+    args.presets = [p for p in args.presets.split(",") if p]
+    check_args(args)
     if args.quick:
         args.seconds, args.blocks, args.eval_images = 0.05, 1, 200
     if args.long:
         args.seconds, args.blocks, args.eval_images = 5.0, 5, 5000
-    args.presets = [p for p in args.presets.split(",") if p]
     return args
+
+
+def check_args(args) -> None:
+    """Bad values end the run here, in one line, before any rank starts measuring."""
+    known = sorted({p.stem for p in CONFIG_DIR.glob("*.toml")} | {"best"})
+    for name in args.presets or [""]:
+        if name not in known:
+            raise ExpectedError(f"--presets: no such preset {name!r} (known: {', '.join(known)})")
+    given = args.ranks
+    try:
+        args.ranks = [int(r) for r in given.split(",") if r.strip()]
+    except ValueError:
+        args.ranks = [0]
+    for flag, value, ok, want in (
+            ("--ranks", given, all(n >= 1 for n in args.ranks), "rank counts >= 1, e.g. 1,2,4"),
+            ("--threads", args.threads, args.threads >= 0, "an integer >= 0"),
+            ("--seconds", args.seconds, args.seconds > 0, "a number > 0"),
+            ("--blocks", args.blocks, args.blocks >= 1, "an integer >= 1"),
+            ("--eval-images", args.eval_images, args.eval_images >= 0, "an integer >= 0")):
+        if not ok:
+            raise ExpectedError(f"{flag} {value}: expected {want}")
 
 
 def preset_config(name: str):
@@ -267,11 +290,18 @@ def blas_info() -> dict:
 def run_here(args) -> dict | None:
     """Measure every preset on the ranks of this launch; rank 0 returns the results."""
     comm = Comm()
+    install_abort_hook(comm)                # an unexpected error on one rank ends the job
     cores = len(os.sched_getaffinity(0))
     threads = args.threads or getattr(comm, "cores_per_rank", None) \
         or max(1, cores // comm.local_size)
     np.seterr(over="ignore", invalid="ignore", divide="ignore")
-    data_path = str(ensure_dataset(quiet=True)) if comm.is_root else None
+    data_path, problem = None, ""
+    if comm.is_root:
+        try:
+            data_path = str(ensure_dataset(quiet=True))
+        except DataError as err:
+            problem = str(err)
+    comm.agree(not problem, problem)        # every rank stops, not only the one that read
     data_path = comm.bcast(data_path)
     rows = []
     with threadpool_limits(threads, user_api="blas"):
@@ -312,7 +342,7 @@ def run_ranks(args, argv) -> dict:
     env = dict(os.environ, **{CHILD_ENV: "1"})
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     with tempfile.TemporaryDirectory() as tmp:
-        for n in [int(r) for r in args.ranks.split(",") if r]:
+        for n in args.ranks:
             for name in args.presets:
                 out = Path(tmp) / f"{name}-{n}.json"
                 threads = args.threads or max(1, cores // n)
@@ -402,6 +432,15 @@ def print_layer_times(name: str, rows: list[dict]) -> None:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return measure(argv)
+    except (ExpectedError, DataError) as err:       # every rank gets here (Comm.agree)
+        if Comm().is_root:
+            print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def measure(argv) -> int:
     args = parse_args(argv)
     if args.layers:
         threads = args.threads or 1

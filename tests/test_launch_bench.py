@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from tests.dist_helpers import REPO, env
+from launch.fakehosts import MPIRUN
+from tests.dist_helpers import REPO, env, error_lines
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -96,3 +97,36 @@ def test_the_gemm_recorder_sees_every_product_of_a_step_and_replays_them():
     with pytest.raises(ZeroDivisionError), record_matmuls():
         1 / 0
     assert np.matmul is real
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--presets", "nosuch"], "error: --presets: no such preset 'nosuch' (known: best, "),
+    (["--ranks", "0"], "error: --ranks 0: expected rank counts >= 1, e.g. 1,2,4"),
+    (["--ranks", "two"], "error: --ranks two: expected rank counts >= 1, e.g. 1,2,4"),
+    (["--threads", "-1"], "error: --threads -1: expected an integer >= 0"),
+    (["--seconds", "0", "--quick"], "error: --seconds 0.0: expected a number > 0"),
+    (["--blocks", "0"], "error: --blocks 0: expected an integer >= 1"),
+])
+def test_bad_arguments_end_in_one_line_before_measuring(args, message, tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, "-m", "launch.bench", *args, "--out", str(out)],
+                            cwd=REPO, env=env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and lines[0].startswith(message), lines
+    assert not out.exists()
+
+
+def test_an_unreadable_data_file_ends_every_rank_in_one_line(tmp_path):
+    # Only rank 0 reads the data file; the other rank must not wait for it forever.
+    bad = tmp_path / "mnist.h5"
+    bad.write_text("not hdf5")
+    e = env()
+    e["MPIGRAD_DATA"] = str(bad)
+    result = subprocess.run([MPIRUN, "-n", "2", sys.executable, "-m", "launch.bench", "--quick",
+                             "--presets", "mlp", "--out", str(tmp_path / "b.json")],
+                            cwd=REPO, env=e, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and lines[0].startswith(f"error: {bad}: not a readable HDF5 file"), lines
+    assert bad.read_text() == "not hdf5"                    # nothing overwritten
