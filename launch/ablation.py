@@ -27,6 +27,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dist.comm import ExpectedError
+from dist.config import load_config
 from launch.fakehosts import MPIRUN   # the venv's mpirun, else the one on PATH
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,6 +161,13 @@ def main(argv=None) -> int:
         return 2
     out = Path(args.out).resolve()
     extra = [a for kv in args.set for a in ("--set", kv)]
+    for name, _, overrides in row_configs():      # a bad --set ends here, before row 1 trains
+        if name in chosen:
+            try:
+                load_config("cnn", overrides=[f"{k}={v}" for k, v in overrides.items()] + args.set)
+            except ExpectedError as err:
+                print(f"launch.ablation: {err}", file=sys.stderr)
+                return 2
     for name, _, overrides in row_configs():
         if name in chosen:
             code = run_row(name, overrides, out, args.ranks, extra)

@@ -46,3 +46,13 @@ def test_unknown_row_is_one_line_and_exit_2(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "'adam'" in out.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_bad_set_is_one_line_before_any_row_trains(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "launch.ablation", "--rows", "sgd,conv",
+                          "--set", "train.epochs=x", "--out", str(tmp_path)], cwd=REPO, env=env(),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.strip() == ("launch.ablation: --set train.epochs: train.epochs must be an "
+                                  "integer, got 'x'")
+    assert not any(tmp_path.iterdir())
