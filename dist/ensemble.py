@@ -11,7 +11,9 @@ for member m, writing ``runs/<name>/member-<m>/``. ``--members K`` gives K membe
 ``--preset``; ``--members best:6,best-pool:4`` gives members 0-5 of ``best`` and 6-9 of
 ``best-pool``: members of different networks may disagree more often, which is what an average
 needs (for these two it did not pay off: README, "Ensemble"). With fewer ranks than members a
-group trains several members one after another. Since every member is world-size invariant,
+group trains several members one after another: the members still to train are dealt out by
+the epochs they need, so that kept members do not leave a group idle while another trains
+several (a half-trained member stays with the group that started it, and resumes bitwise). Since every member is world-size invariant,
 member m's weights do not depend on how the ranks were grouped.
 
 Interrupted? Run the same command with ``--name <the ensemble's folder name>`` again: members
@@ -127,6 +129,35 @@ def member_mismatch(folder: Path, cfg, seed: int) -> str | None:
     return None
 
 
+def epochs_left(folder: Path, epochs: int) -> int:
+    """Epochs a member still has to train: 0 when done, fewer when it has checkpoints."""
+    state = member_state(folder)
+    if state == "done":
+        return 0
+    if state == "new":
+        return epochs
+    newest = max(int(p.name[len("ckpt-e"):len("ckpt-e") + 3]) for p in folder.glob("ckpt-e*-s*.h5"))
+    return max(1, epochs - newest)
+
+
+def deal_members(left: dict[int, int], groups: int, started=()) -> list[list[int]]:
+    """Members still to train (left[m] > 0 epochs) dealt to `groups` groups. A member in
+    `started` stays with group m % groups, which trained it so far: it resumes on as many
+    ranks as before, so bitwise as if never interrupted. The others go longest first, each to
+    the group with the least work so far (the classic greedy for balancing loads). Each
+    group's members in ascending order; finished members go to nobody."""
+    loads, plan = [0] * groups, [[] for _ in range(groups)]
+    for m in started:
+        loads[m % groups] += left[m]
+        plan[m % groups].append(m)
+    for m in sorted((m for m, e in left.items() if e and m not in started),
+                    key=lambda m: (-left[m], m)):
+        g = loads.index(min(loads))
+        loads[g] += left[m]
+        plan[g].append(m)
+    return [sorted(members) for members in plan]
+
+
 def member_presets(members: str, preset: str | None) -> list[str]:
     """The preset of each member, from ``--members``: "K" (K members of ``preset``, or of the
     default preset) or "NAME:K,NAME:K,..." (members numbered in that order)."""
@@ -206,8 +237,23 @@ def main(world: Comm, argv=None) -> None:
     groups = min(len(presets), world.size)
     group = world.rank * groups // world.size          # contiguous blocks of ranks
     comm = world.split(group)  # threads per rank as in the whole job, see Comm.split
+    # Which group trains which member. Rank 0 reads how many epochs each member still needs
+    # (kept members none, half-trained ones fewer) and deals out the new ones, so that one
+    # group is not left with several members while the others sit idle.
+    left, started = world.bcast((
+        {m: epochs_left(folder / f"member-{m}", configs[presets[m]].train.epochs)
+         for m in range(len(presets))},
+        [m for m in range(len(presets)) if member_state(folder / f"member-{m}") == "started"])
+        if world.is_root else None)
+    plan = deal_members(left, groups, started)
+    if world.is_root:
+        for m in (m for m, e in left.items() if not e):
+            print(f"member {m}: already trained, kept ({folder / f'member-{m}'})", flush=True)
+        if groups > 1:
+            print(f"{groups} groups of ranks train members " + "; ".join(
+                ", ".join(map(str, members)) or "none" for members in plan), flush=True)
     error = None
-    for member in range(group, len(presets), groups):
+    for member in plan[group]:
         member_dir = folder / f"member-{member}"
         # The group's rank 0 looks at the folder and tells the others, so that they agree
         # even where the run folder is not on a shared file system.
