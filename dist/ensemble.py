@@ -11,10 +11,11 @@ for member m, writing ``runs/<name>/member-<m>/``. ``--members K`` gives K membe
 ``--preset``; ``--members best:6,best-pool:4`` gives members 0-5 of ``best`` and 6-9 of
 ``best-pool``: members of different networks may disagree more often, which is what an average
 needs (for these two it did not pay off: README, "Ensemble"). With fewer ranks than members a
-group trains several members one after another: the members still to train are dealt out by
+group trains several members one after another. The members still to train are dealt out by
 the epochs they need, so that kept members do not leave a group idle while another trains
-several (a half-trained member stays with the group that started it, and resumes bitwise). Since every member is world-size invariant,
-member m's weights do not depend on how the ranks were grouped.
+several; a half-trained member goes to a group of as many ranks as it started on, and resumes
+bitwise. Since every member is world-size invariant, member m's weights do not depend on how
+the ranks were grouped (up to the order of float sums).
 
 Interrupted? Run the same command with ``--name <the ensemble's folder name>`` again: members
 with a ``final.json`` are kept as they are, members with checkpoints resume from their newest
@@ -39,12 +40,14 @@ import sys
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from core.spec import normalize_spec
 from data.prepare import ensure_dataset
 from data.shards import read_split
 from dist import train
+from dist.checkpoint import resolve_checkpoint
 from dist.comm import Comm, ExpectedError, run_main
 from dist.config import DEFAULT_PRESET, load_config
 from dist.evaluate import model_from_checkpoint, predict_scores, scores_to_proba
@@ -129,30 +132,32 @@ def member_mismatch(folder: Path, cfg, seed: int) -> str | None:
     return None
 
 
-def epochs_left(folder: Path, epochs: int) -> int:
-    """Epochs a member still has to train: 0 when done, fewer when it has checkpoints."""
+def member_progress(folder: Path, epochs: int) -> tuple[int, int | None]:
+    """(epochs the member still has to train, ranks it was trained on so far): (0, None) when
+    done, (epochs, None) when new, and from its newest checkpoint when started."""
     state = member_state(folder)
-    if state == "done":
-        return 0
-    if state == "new":
-        return epochs
-    newest = max(int(p.name[len("ckpt-e"):len("ckpt-e") + 3]) for p in folder.glob("ckpt-e*-s*.h5"))
-    return max(1, epochs - newest)
+    if state != "started":
+        return (0 if state == "done" else epochs), None
+    try:
+        with h5py.File(resolve_checkpoint(folder), "r") as f:
+            done, ranks = int(f.attrs["epoch"]), int(f.attrs["world_size"])
+    except (OSError, KeyError, ValueError):
+        return epochs, None     # unreadable: resuming it will say so, naming the file
+    return max(1, epochs - done), ranks
 
 
-def deal_members(left: dict[int, int], groups: int, started=()) -> list[list[int]]:
-    """Members still to train (left[m] > 0 epochs) dealt to `groups` groups. A member in
-    `started` stays with group m % groups, which trained it so far: it resumes on as many
-    ranks as before, so bitwise as if never interrupted. The others go longest first, each to
-    the group with the least work so far (the classic greedy for balancing loads). Each
-    group's members in ascending order; finished members go to nobody."""
-    loads, plan = [0] * groups, [[] for _ in range(groups)]
-    for m in started:
-        loads[m % groups] += left[m]
-        plan[m % groups].append(m)
-    for m in sorted((m for m, e in left.items() if e and m not in started),
-                    key=lambda m: (-left[m], m)):
-        g = loads.index(min(loads))
+def deal_members(left: dict[int, int], sizes: list[int], trained_on=None) -> list[list[int]]:
+    """Members still to train (left[m] > 0 epochs) dealt to groups of `sizes[g]` ranks.
+    Started members first: each to a group of as many ranks as it was trained on so far
+    (`trained_on[m]`), so that it resumes bitwise as if never interrupted. Then the new ones,
+    longest first, each to the group with the least work so far (the classic greedy for
+    balancing loads). Each group's members in ascending order; finished members go to nobody."""
+    trained_on = trained_on or {}
+    loads, plan = [0] * len(sizes), [[] for _ in sizes]
+    for m in sorted((m for m, e in left.items() if e),
+                    key=lambda m: (m not in trained_on, -left[m], m)):
+        fits = [g for g, n in enumerate(sizes) if n == trained_on.get(m)] or range(len(sizes))
+        g = min(fits, key=lambda g: (loads[g], g))
         loads[g] += left[m]
         plan[g].append(m)
     return [sorted(members) for members in plan]
@@ -238,14 +243,15 @@ def main(world: Comm, argv=None) -> None:
     group = world.rank * groups // world.size          # contiguous blocks of ranks
     comm = world.split(group)  # threads per rank as in the whole job, see Comm.split
     # Which group trains which member. Rank 0 reads how many epochs each member still needs
-    # (kept members none, half-trained ones fewer) and deals out the new ones, so that one
-    # group is not left with several members while the others sit idle.
-    left, started = world.bcast((
-        {m: epochs_left(folder / f"member-{m}", configs[presets[m]].train.epochs)
-         for m in range(len(presets))},
-        [m for m in range(len(presets)) if member_state(folder / f"member-{m}") == "started"])
-        if world.is_root else None)
-    plan = deal_members(left, groups, started)
+    # (kept members none, half-trained ones fewer) and deals them out, so that one group is
+    # not left with several members while the others sit idle.
+    progress = world.bcast({m: member_progress(folder / f"member-{m}",
+                                               configs[presets[m]].train.epochs)
+                            for m in range(len(presets))} if world.is_root else None)
+    left = {m: e for m, (e, _) in progress.items()}
+    sizes = [sum(1 for r in range(world.size) if r * groups // world.size == g)
+             for g in range(groups)]
+    plan = deal_members(left, sizes, {m: n for m, (_, n) in progress.items() if n})
     if world.is_root:
         for m in (m for m, e in left.items() if not e):
             print(f"member {m}: already trained, kept ({folder / f'member-{m}'})", flush=True)

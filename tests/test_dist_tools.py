@@ -228,21 +228,22 @@ def test_ensemble_refuses_a_member_trained_with_other_settings(tmp_path):
 
 
 def test_members_left_to_train_are_dealt_evenly_over_the_groups(tmp_path):
-    from dist.ensemble import deal_members, epochs_left
+    from dist.ensemble import deal_members, member_progress
 
     # Members 1 and 3 kept (trained by hand): the four new ones go two to each group, instead
     # of group 1 idling while group 0 trains 0, 2, 4 and 6 one after another.
-    assert deal_members({0: 12, 1: 0, 2: 12, 3: 0, 4: 12, 5: 12, 6: 0}, 2) == [[0, 4], [2, 5]]
-    # A started member stays with the group that started it (m % groups) and counts with what
-    # it has left; the longest new members go to the least loaded group.
-    assert deal_members({0: 0, 1: 3, 2: 12, 3: 12}, 2, started=[1]) == [[2], [1, 3]]
-    assert deal_members({0: 0, 1: 0}, 1) == [[]]
-    # Epochs left, from the folder: new, half-trained, done.
+    assert deal_members({0: 12, 1: 0, 2: 12, 3: 0, 4: 12, 5: 12, 6: 0}, [1, 1]) == [[0, 4], [2, 5]]
+    # A started member goes to a group of as many ranks as it started on (then it resumes
+    # bitwise); the new ones, longest first, to the least loaded group.
+    assert deal_members({0: 0, 1: 3, 2: 12, 3: 12}, [2, 1], trained_on={1: 1}) == [[2], [1, 3]]
+    assert deal_members({0: 0, 1: 0}, [2]) == [[]]
+    # Progress, from the folder: new, started (newest checkpoint), done.
     member = tmp_path / "member-0"
     member.mkdir()
-    assert epochs_left(member, 12) == 12
-    (member / "ckpt-e004-s00000.h5").write_bytes(b"")
-    (member / "ckpt-e005-s00000.h5").write_bytes(b"")
-    assert epochs_left(member, 12) == 7
+    assert member_progress(member, 12) == (12, None)
+    for epoch in (4, 5):
+        with h5py.File(member / f"ckpt-e{epoch:03d}-s00000.h5", "w") as f:
+            f.attrs["epoch"], f.attrs["world_size"] = epoch, 2
+    assert member_progress(member, 12) == (7, 2)
     (member / "final.json").write_text("{}")
-    assert epochs_left(member, 12) == 0
+    assert member_progress(member, 12) == (0, None)
