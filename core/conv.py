@@ -286,7 +286,8 @@ class MaxPool2D(Layer):
         tiles = (len(dy), self.ho, k, self.wo, k, dy.shape[3])
         at_max = np.equal(self.x.reshape(tiles), self.y[:, :, None, :, None, :])   # bool
         # Each window has at least one maximum, so more marks than windows means a tie.
-        # (Rare in float data, common after a ReLU: windows of zeros.)
+        # (Rare in float data, common after a ReLU: windows of zeros.  A NaN window marks
+        # nothing; NaNs stop training at the update's finiteness check anyway.)
         if np.count_nonzero(at_max) != self.y.size:
             taken = np.zeros(self.y.shape, bool)                   # window already served
             for i in range(k):
