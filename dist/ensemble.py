@@ -261,13 +261,10 @@ def main(world: Comm, argv=None) -> None:
     error = None
     for member in plan[group]:
         member_dir = folder / f"member-{member}"
-        # The group's rank 0 looks at the folder and tells the others, so that they agree
-        # even where the run folder is not on a shared file system.
+        # Finished members were dealt to nobody. Whether this one resumes or starts: the
+        # group's rank 0 looks at the folder and tells the others, so that they agree even
+        # where the run folder is not on a shared file system.
         state = comm.bcast(member_state(member_dir) if comm.is_root else None)
-        if state == "done":
-            if comm.is_root:
-                print(f"member {member}: already trained, kept ({member_dir})", flush=True)
-            continue
         if state == "started":
             member_argv = ["--resume", str(member_dir)]
         else:
