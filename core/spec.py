@@ -21,18 +21,20 @@ layer index, its type and the key, e.g.
 
 Defaults:  dense {out}; conv {out, kernel, stride=1, pad=0}; maxpool {kernel=2,
 stride=kernel}; dropout {p=0.5}; batchnorm {momentum=0.1, eps=1e-5}; relu, sigmoid, tanh,
-flatten take no keys.  Tested by tests/test_core_spec.py.
+flatten, deskew take no keys.  Tested by tests/test_core_spec.py.
 """
 import math
 
 import numpy as np
 
 from core.conv import Conv2D, MaxPool2D
+from core.deskew import Deskew
 from core.layers import REQUIRED, Dense, Dropout, Flatten, ReLU, Sigmoid, Tanh
 from core.norm import BatchNorm
 
 LAYER_TYPES = {cls.type_name: cls for cls in
-               (Dense, Conv2D, MaxPool2D, ReLU, Sigmoid, Tanh, Dropout, BatchNorm, Flatten)}
+               (Dense, Conv2D, MaxPool2D, ReLU, Sigmoid, Tanh, Dropout, BatchNorm, Flatten,
+                Deskew)}
 
 # check name -> (predicate, description); the description is completed with the type.
 CHECKS = {

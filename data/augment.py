@@ -8,7 +8,8 @@ exact resume.
 The map is applied backwards, as image warping is usually done: for every *output* pixel p we
 ask where it came from in the input, ``q = A^-1 (p - c - t) + c`` (c the image centre, A
 rotation times scale, t the shift), and read the input there with bilinear interpolation
-(zero outside the image). Everything is vectorised over the batch and the 28x28 pixels.
+(zero outside the image; core/resample.py). Everything is vectorised over the batch and the
+28x28 pixels.
 
     python -m data.augment            # prints how much augmentation changes pixel statistics
 Tested by tests/test_data_augment.py.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from core import resample
 from core.keyed_random import keyed_uniform
 
 AUGMENT_STREAM = 1000  # far from the dropout streams (a dropout layer's index in the model)
@@ -52,44 +54,12 @@ def random_affine(images: np.ndarray, keys: np.ndarray, max_shift: float = 2.0,
 
 
 def bilinear(images: np.ndarray, src_y: np.ndarray, src_x: np.ndarray) -> np.ndarray:
-    """Sample each image at real-valued positions (B, H, W) float32; zero outside. Returns
-    uint8. Overwrites src_y and src_x.
-
-    The four neighbours of every position are read with one ``take`` each from the flattened,
-    zero-framed batch (a flat index is much cheaper than indexing with three index arrays), and
-    the arithmetic is in place on float32: this runs once per training image per epoch."""
-    b, h, w = images.shape
-    hp, wp = h + 2, w + 2
-    padded = np.zeros((b, hp, wp), dtype=np.float32)   # a zero frame: outside = 0
-    padded[:, 1:-1, 1:-1] = images
-    # Shift into the frame and clip to it, so out-of-range positions read zeros.
-    for pos, size in ((src_y, h), (src_x, w)):
-        pos += 1
-        np.maximum(pos, 0, out=pos)
-        np.minimum(pos, size + 0.999, out=pos)
-    y0, x0 = np.floor(src_y), np.floor(src_x)
-    fy, fx = src_y - y0, src_x - x0                       # fractions in [0, 1), float32
-    corner = y0.astype(np.intp) * wp                      # flat index of the top-left neighbour
-    corner += x0.astype(np.intp)
-    corner += (np.arange(b) * (hp * wp))[:, None, None]
-    flat = padded.ravel()
-    # mode="clip": the indices are in range by construction, and skipping take's bounds
-    # check (mode="raise") makes it twice as fast.
-    top, top_right = flat.take(corner, mode="clip"), flat.take(corner + 1, mode="clip")
-    bottom = flat.take(corner + wp, mode="clip")
-    bottom_right = flat.take(corner + (wp + 1), mode="clip")
-    top_right -= top                                      # top += fx * (top_right - top)
-    top_right *= fx
-    top += top_right
-    bottom_right -= bottom
-    bottom_right *= fx
-    bottom += bottom_right
-    bottom -= top                                         # out = top + fy * (bottom - top)
-    bottom *= fy
-    top += bottom
-    np.rint(top, out=top)
-    np.clip(top, 0, 255, out=top)
-    return top.astype(np.uint8)
+    """Sample uint8 images (B, H, W) at real-valued positions (B, H, W) float32, zero outside
+    (core.resample.bilinear), rounded back to uint8. Overwrites src_y and src_x."""
+    out = resample.bilinear(images, src_y, src_x)
+    np.rint(out, out=out)
+    np.clip(out, 0, 255, out=out)
+    return out.astype(np.uint8)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,95 @@
+"""Deskew: an input layer that straightens slanted digits (a classic MNIST preprocessing).
+
+People slant their handwriting by different amounts. Deskewing measures each image's slant
+from its second moments and shears it upright, so the network sees one upright digit instead
+of many slants (LeCun et al. 1998 list deskewed inputs for several of their MNIST models;
+Ciresan et al. 2012 averaged networks trained on differently preprocessed inputs, whose
+errors differ, which is what an ensemble needs).
+
+For an image with pixel weights w (intensity above the background), centre of mass (cy, cx)
+and moments  var_y = E[(y - cy)^2],  cov = E[(x - cx)(y - cy)]  (expectations under w), the
+slant is  alpha = cov / var_y : how far x moves per row. Output pixel (r, c), at (ry, rx)
+from the image centre, reads the input at
+
+    y = cy + ry,    x = cx + rx + alpha * ry
+
+(bilinear, core/resample.py; the background outside), a shear that makes cov = 0 and moves
+the centre of mass to the image centre.
+
+As a layer ({type = "deskew"}, first in the spec) it is part of the model: the checkpoint
+records it, so training, evaluation, ensembles and `launch.predict` on your own images all
+deskew the same way, and augmentation (applied to the raw images, before the model) is
+followed by deskewing, as at test time. It has no parameters and acts on each image alone,
+so it keeps world-size invariance. Nothing needs dL/dimage, so it has no backward: the model's
+backward stops at the first layer with parameters.
+
+    python -m core.deskew       # the slant of real MNIST digits before and after
+Tested by tests/test_core_deskew.py.
+"""
+import numpy as np
+
+from core.layers import Layer
+from core.resample import bilinear
+
+# |alpha| above 1 (a slant of more than 45 degrees) only comes from degenerate images -- a
+# blank, or a single horizontal stroke with var_y ~ 0 -- that a shear cannot improve.
+MAX_SLANT = 1.0
+
+
+def moments(images: np.ndarray):
+    """Centre of mass (cy, cx) and slant alpha of each image (B, H, W), in float64.
+    The background (each image's minimum) has weight 0. Returns three (B,) arrays."""
+    b, h, w = images.shape
+    weight = images.astype(np.float64) - images.min(axis=(1, 2), keepdims=True)   # (B, H, W)
+    row_mass, col_mass = weight.sum(axis=2), weight.sum(axis=1)                    # (B, H), (B, W)
+    mass = np.maximum(row_mass.sum(axis=1), 1e-12)                                 # (B,)
+    cy = row_mass @ np.arange(h) / mass
+    cx = col_mass @ np.arange(w) / mass
+    dy = np.arange(h) - cy[:, None]                                                # (B, H)
+    dx = np.arange(w) - cx[:, None]                                                # (B, W)
+    var_y = (row_mass * dy ** 2).sum(axis=1) / mass
+    cov = np.einsum("bhw,bh,bw->b", weight, dy, dx) / mass
+    alpha = np.where(var_y > 1e-6, cov / np.maximum(var_y, 1e-6), 0.0)
+    return cy, cx, np.clip(alpha, -MAX_SLANT, MAX_SLANT)
+
+
+def deskew(images: np.ndarray) -> np.ndarray:
+    """Images (B, H, W) -> float32 (B, H, W), each sheared upright and centred."""
+    b, h, w = images.shape
+    cy, cx, alpha = moments(images)
+    ry = np.arange(h, dtype=np.float64)[None, :, None] - (h - 1) / 2.0    # (1, H, 1)
+    rx = np.arange(w, dtype=np.float64)[None, None, :] - (w - 1) / 2.0    # (1, 1, W)
+    src_y = np.broadcast_to(cy[:, None, None] + ry, (b, h, w)).astype(np.float32)
+    src_x = (cx[:, None, None] + rx + alpha[:, None, None] * ry).astype(np.float32)
+    return bilinear(images, src_y, src_x, fill=images.min(axis=(1, 2)))
+
+
+class Deskew(Layer):
+    """(B, H, W, 1) -> (B, H, W, 1): each image deskewed. No parameters, no backward."""
+    type_name = "deskew"
+
+    def __init__(self, index, input_shape):
+        super().__init__(index, input_shape)
+        if len(self.input_shape) != 3 or self.input_shape[2] != 1:
+            self.fail(f"needs single-channel images (H, W, 1), got input shape {self.input_shape}; "
+                      "put it first in the model")
+
+    def flops(self, input_shape):
+        return 20 * int(np.prod(input_shape))   # moments and the four-neighbour blend
+
+    def forward(self, x, train):
+        return deskew(x[..., 0]).astype(x.dtype, copy=False)[..., None]
+
+    def backward(self, dy):
+        raise RuntimeError(f"layer {self.index} (deskew) has no input gradient: it is an input "
+                           "transform, and Model.backward stops at the first layer with parameters")
+
+
+if __name__ == "__main__":
+    from data.hdf5 import read_arrays
+    from data.prepare import ensure_dataset
+    images, labels = read_arrays(ensure_dataset(quiet=True), "test")
+    before = moments(images[:2000])[2]
+    after = moments(deskew(images[:2000]))[2]
+    print(f"slant |alpha| of 2000 test digits: mean {np.abs(before).mean():.3f} before, "
+          f"{np.abs(after).mean():.3f} after deskewing")
