@@ -9,8 +9,8 @@ so the difference between two consecutive rows is what that change adds. The lad
 the Go seed's network (784-100-10, sigmoid, squared error, plain SGD) through momentum,
 learning-rate decay and the softmax/cross-entropy loss to convolution, dropout, batch norm,
 augmentation and deskewing. The budget is fixed per family: 5 epochs for the 784-100-10 rows,
-2 for the convolutional ones, so the table shows what a change buys on a short budget (the presets in
-launch/configs/ are the full-length versions).
+2 for the convolutional ones, so the table shows what a change buys on a short budget (the
+presets in launch/configs/ are the full-length versions).
 
 Accuracies are test accuracies of each run's best.h5, chosen on validation (final.json); the
 table cites each run's metrics.jsonl. Early stopping is a row of its own: it does not change
