@@ -70,7 +70,7 @@ from dist.config import CONFIG_DIR, load_config
 from dist.evaluate import evaluate
 from dist.train import build_model, build_optimizer, local_batch
 from dist.update import ShardedUpdate
-from launch.bench_table import BEST_LAYERS, PHASES, format_table, train_flops
+from launch.bench_table import PHASES, format_table, train_flops
 from launch.fakehosts import MPIRUN
 from launch.gemm_ceiling import record_matmuls, replay_seconds
 
@@ -110,7 +110,7 @@ def parse_args(argv):
 
 def check_args(args) -> None:
     """Bad values end the run here, in one line, before any rank starts measuring."""
-    known = sorted({p.stem for p in CONFIG_DIR.glob("*.toml")} | {"best"})
+    known = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
     for name in args.presets or [""]:
         if name not in known:
             raise ExpectedError(f"--presets: no such preset {name!r} (known: {', '.join(known)})")
@@ -127,16 +127,6 @@ def check_args(args) -> None:
             ("--eval-images", args.eval_images, args.eval_images >= 0, "an integer >= 0")):
         if not ok:
             raise ExpectedError(f"{flag} {value}: expected {want}")
-
-
-def preset_config(name: str):
-    """The preset's config; `best` falls back to the documented architecture until
-    launch/configs/best.toml exists (cnn's optimizer, augmentation on)."""
-    if name == "best" and not (CONFIG_DIR / "best.toml").exists():
-        cfg = load_config("cnn")
-        cfg.model.layers, cfg.data.augment, cfg.preset = BEST_LAYERS, True, "best"
-        return cfg
-    return load_config(name)
 
 
 def gemm_peak(comm: Comm, n: int = 2048, repeats: int = 5) -> float:
@@ -156,7 +146,7 @@ def gemm_peak(comm: Comm, n: int = 2048, repeats: int = 5) -> float:
 
 def bench_preset(comm: Comm, name: str, data_path: str, threads: int, args) -> dict:
     """Time dist.train's step for one preset on this launch's ranks; rank 0 gets the row."""
-    cfg = preset_config(name)
+    cfg = load_config(name)
     batch, seed = cfg.train.batch_size, cfg.train.seed
     model = build_model(cfg, comm)
     shard = read_epoch_shard(data_path, seed, 0, comm.rank, comm.size, batch,
@@ -378,7 +368,7 @@ def layer_times(name: str, threads: int, repeats: int) -> list[dict]:
     training, the first layer with parameters computes no dL/dimage. Also the ms of each
     layer's matrix products replayed alone (launch/gemm_ceiling.py): the rest of a layer's
     time is memory traffic around them."""
-    cfg = preset_config(name)
+    cfg = load_config(name)
     model = build_model(cfg, Comm())
     shard = read_epoch_shard(str(ensure_dataset(quiet=True)), cfg.train.seed, 0, 0, 1,
                              cfg.train.batch_size, split_seed=cfg.data.split_seed,
@@ -418,7 +408,7 @@ def layer_times(name: str, threads: int, repeats: int) -> list[dict]:
 
 
 def print_layer_times(name: str, rows: list[dict]) -> None:
-    print(f"{name}: ms per layer, batch {preset_config(name).train.batch_size} "
+    print(f"{name}: ms per layer, batch {load_config(name).train.batch_size} "
           "(in brackets: the layer's matrix products replayed alone)")
     for r in rows:
         print(f"{r['index']:>3} {r['type']:<10} {str(tuple(r['input_shape'])):<16}"

@@ -16,18 +16,6 @@ from pathlib import Path
 
 PHASES = ("data", "forward", "backward", "allreduce", "optimizer")
 
-# The `best` preset's architecture until launch/configs/best.toml exists.
-_C = lambda out: {"type": "conv", "out": out, "kernel": 3, "pad": 1}  # noqa: E731
-BEST_LAYERS = [
-    _C(32), {"type": "batchnorm"}, {"type": "relu"},
-    _C(32), {"type": "batchnorm"}, {"type": "relu"}, {"type": "maxpool", "kernel": 2},
-    _C(64), {"type": "batchnorm"}, {"type": "relu"},
-    _C(64), {"type": "batchnorm"}, {"type": "relu"}, {"type": "maxpool", "kernel": 2},
-    {"type": "flatten"}, {"type": "dense", "out": 256}, {"type": "batchnorm"}, {"type": "relu"},
-    {"type": "dropout", "p": 0.4}, {"type": "dense", "out": 10},
-]
-
-
 def train_flops(model) -> int:
     """FLOPs of one training step per image (see the module docstring)."""
     d = model.describe()
