@@ -18,8 +18,10 @@ the centre of mass to the image centre.
 
 As a layer ({type = "deskew"}, first in the spec) it is part of the model: the checkpoint
 records it, so training, evaluation, ensembles and `launch.predict` on your own images all
-deskew the same way, and augmentation (applied to the raw images, before the model) is
-followed by deskewing, as at test time. It has no parameters and acts on each image alone,
+deskew the same way. Augmentation is applied to the raw images, before the model, so the
+network sees deskewed images in training as at test time; but deskewing re-centres each image
+and removes its slant, so it undoes augmentation's shift and much of its rotation, and what
+augmentation still adds is the scale and the change of shape. It has no parameters and acts on each image alone,
 so it keeps world-size invariance. Nothing needs dL/dimage, so it has no backward: the model's
 backward stops at the first layer with parameters.
 
@@ -39,7 +41,7 @@ MAX_SLANT = 1.0
 def moments(images: np.ndarray):
     """Centre of mass (cy, cx) and slant alpha of each image (B, H, W), in float64.
     The background (each image's minimum) has weight 0. Returns three (B,) arrays."""
-    b, h, w = images.shape
+    _, h, w = images.shape
     weight = images.astype(np.float64) - images.min(axis=(1, 2), keepdims=True)   # (B, H, W)
     row_mass, col_mass = weight.sum(axis=2), weight.sum(axis=1)                    # (B, H), (B, W)
     mass = np.maximum(row_mass.sum(axis=1), 1e-12)                                 # (B,)

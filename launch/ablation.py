@@ -44,7 +44,8 @@ def conv_layers(dropout: bool, batchnorm: bool, deskew: bool = False) -> str:
     bn = '{type="batchnorm"}, ' if batchnorm else ""
     drop = '{type="dropout", p=0.3}, ' if dropout else ""
     first = '{type="deskew"}, ' if deskew else ""
-    return ('[' + first + '{type="conv", out=32, kernel=3, pad=1}, ' + bn + '{type="relu"}, {type="maxpool"}, '
+    return ('[' + first + '{type="conv", out=32, kernel=3, pad=1}, ' + bn
+            + '{type="relu"}, {type="maxpool"}, '
             '{type="conv", out=64, kernel=3, pad=1}, ' + bn + '{type="relu"}, {type="maxpool"}, '
             '{type="flatten"}, {type="dense", out=128}, ' + bn + '{type="relu"}, ' + drop
             + '{type="dense", out=10}]')
