@@ -38,11 +38,14 @@ from core.resample import bilinear
 MAX_SLANT = 1.0
 
 
-def moments(images: np.ndarray):
+def moments(images: np.ndarray, background: np.ndarray | None = None):
     """Centre of mass (cy, cx) and slant alpha of each image (B, H, W), in float64.
-    The background (each image's minimum) has weight 0. Returns three (B,) arrays."""
+    The background (B,) (default: each image's minimum) has weight 0. Returns three (B,)
+    arrays."""
     _, h, w = images.shape
-    weight = images.astype(np.float64) - images.min(axis=(1, 2), keepdims=True)   # (B, H, W)
+    if background is None:
+        background = images.min(axis=(1, 2))
+    weight = images.astype(np.float64) - background[:, None, None]                # (B, H, W)
     row_mass, col_mass = weight.sum(axis=2), weight.sum(axis=1)                    # (B, H), (B, W)
     mass = np.maximum(row_mass.sum(axis=1), 1e-12)                                 # (B,)
     cy = row_mass @ np.arange(h) / mass
@@ -58,12 +61,13 @@ def moments(images: np.ndarray):
 def deskew(images: np.ndarray) -> np.ndarray:
     """Images (B, H, W) -> float32 (B, H, W), each sheared upright and centred."""
     b, h, w = images.shape
-    cy, cx, alpha = moments(images)
+    background = images.min(axis=(1, 2))        # (B,): weight 0, and what fills in outside
+    cy, cx, alpha = moments(images, background)
     ry = np.arange(h, dtype=np.float64)[None, :, None] - (h - 1) / 2.0    # (1, H, 1)
     rx = np.arange(w, dtype=np.float64)[None, None, :] - (w - 1) / 2.0    # (1, 1, W)
     src_y = np.broadcast_to(cy[:, None, None] + ry, (b, h, w)).astype(np.float32)
     src_x = (cx[:, None, None] + rx + alpha[:, None, None] * ry).astype(np.float32)
-    return bilinear(images, src_y, src_x, fill=images.min(axis=(1, 2)))
+    return bilinear(images, src_y, src_x, fill=background)
 
 
 class Deskew(Layer):
