@@ -18,12 +18,21 @@ the centre of mass to the image centre.
 
 As a layer ({type = "deskew"}, first in the spec) it is part of the model: the checkpoint
 records it, so training, evaluation, ensembles and `launch.predict` on your own images all
-deskew the same way. Augmentation is applied to the raw images, before the model, so the
-network sees deskewed images in training as at test time; but deskewing re-centres each image
-and removes its slant, so it undoes augmentation's shift and much of its rotation, and what
-augmentation still adds is the scale and the change of shape. It has no parameters and acts on each image alone,
-so it keeps world-size invariance. Nothing needs dL/dimage, so it has no backward: the model's
-backward stops at the first layer with parameters.
+deskew the same way. It has no parameters and acts on each image alone, so it keeps
+world-size invariance. Nothing needs dL/dimage, so it has no backward: the model's backward
+stops at the first layer with parameters.
+
+Where it sits against augmentation (which the training loop applies to the raw images,
+before the model) is the one choice:
+
+- `{type = "deskew"}`: the layer deskews every batch, augmented training images included.
+  Deskewing re-centres each image and removes its slant, so it undoes augmentation's shift
+  and much of its rotation; what augmentation still adds is the scale and the change of shape.
+- `{type = "deskew", before_augment = true}`: in training the raw images are deskewed first
+  (`deskew_raw`, called by dist.train's `local_batch`) and then augmented, so the network
+  sees upright digits that are shifted, rotated and scaled; the layer passes training
+  batches through as they are. At evaluation (train=False) it deskews as above, so a
+  checkpoint still deskews every image it is given.
 
     python -m core.deskew       # the slant of real MNIST digits before and after
 Tested by tests/test_core_deskew.py.
@@ -70,20 +79,39 @@ def deskew(images: np.ndarray) -> np.ndarray:
     return bilinear(images, src_y, src_x, fill=background)
 
 
+def deskew_raw(images: np.ndarray) -> np.ndarray:
+    """uint8 (B, H, W) -> uint8 (B, H, W): deskewed and rounded back, ready for augmentation."""
+    out = deskew(images)
+    np.rint(out, out=out)
+    np.clip(out, 0, 255, out=out)
+    return out.astype(np.uint8)
+
+
+def deskews_before_augment(spec: list[dict]) -> bool:
+    """Whether a model spec asks the data path to deskew raw training images."""
+    return spec[0].get("type") == Deskew.type_name and spec[0].get("before_augment", False)
+
+
 class Deskew(Layer):
     """(B, H, W, 1) -> (B, H, W, 1): each image deskewed. No parameters, no backward."""
     type_name = "deskew"
+    KEYS = {"before_augment": (bool, False, "flag")}
 
-    def __init__(self, index, input_shape):
+    def __init__(self, index, input_shape, before_augment=False):
         super().__init__(index, input_shape)
         if len(self.input_shape) != 3 or self.input_shape[2] != 1:
             self.fail(f"needs single-channel images (H, W, 1), got input shape {self.input_shape}; "
                       "put it first in the model")
+        if before_augment and index != 0:
+            self.fail("before_augment deskews the raw images, so the layer must come first")
+        self.before_augment = before_augment
 
     def flops(self, input_shape):
         return 20 * int(np.prod(input_shape))   # moments and the four-neighbour blend
 
     def forward(self, x, train):
+        if train and self.before_augment:
+            return x        # the training loop deskewed these before augmenting them
         return deskew(x[..., 0]).astype(x.dtype, copy=False)[..., None]
 
     def backward(self, dy):

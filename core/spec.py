@@ -21,7 +21,7 @@ layer index, its type and the key, e.g.
 
 Defaults:  dense {out}; conv {out, kernel, stride=1, pad=0}; maxpool {kernel=2,
 stride=kernel}; dropout {p=0.5}; batchnorm {momentum=0.1, eps=1e-5}; relu, sigmoid, tanh,
-flatten, deskew take no keys.  Tested by tests/test_core_spec.py.
+flatten take no keys; deskew {before_augment=false}.  Tested by tests/test_core_spec.py.
 """
 import math
 
@@ -42,11 +42,16 @@ CHECKS = {
     "nonnegative": (lambda v: v >= 0, "must be a non-negative {kind}"),
     "probability": (lambda v: 0 <= v < 1, "must be a {kind} in [0, 1)"),
     "fraction": (lambda v: 0 <= v <= 1, "must be a {kind} in [0, 1]"),
+    "flag": (lambda v: True, "must be a {kind}"),     # a bool: its type check is the check
 }
 
 
 def _typed(where, key, value, kind):
     """Check the TOML type (bool is not an int; an int is accepted as a float)."""
+    if kind is bool:
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{where}: {key!r} must be true or false, got {value!r}")
+        return bool(value)
     if kind is int:
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
             raise ValueError(f"{where}: {key!r} must be an int, got {value!r}")
@@ -90,7 +95,9 @@ def normalize_layer(index, raw):
 
 
 def normalize_spec(spec):
-    """The whole spec (list of layer tables) normalized; JSON-serializable."""
+    """The whole spec (list of layer tables) normalized; JSON-serializable. Normalizing is
+    idempotent, and a spec saved by older code, before a key with a default existed, comes
+    out as it would be written now: compare specs after normalizing both."""
     if not isinstance(spec, (list, tuple)) or len(spec) == 0:
         raise ValueError(f"model spec must be a non-empty list of layer tables, got {spec!r}")
     return [normalize_layer(i, raw) for i, raw in enumerate(spec)]

@@ -31,6 +31,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from core.spec import normalize_spec
 from dist.comm import ExpectedError
 
 FORMAT = "mpigrad-checkpoint"
@@ -160,12 +161,21 @@ def load_checkpoint(path: str | Path, expect_spec: list | None = None,
     return ckpt
 
 
+def normalized(spec: list) -> list:
+    """A saved spec with every default of today's layers filled in (a checkpoint written
+    before a layer key existed lacks it), or the spec as it is if it no longer builds."""
+    try:
+        return normalize_spec(spec)
+    except ValueError:
+        return spec
+
+
 def check_compatible(ckpt: Checkpoint, expect_spec: list | None = None,
                      expect_sizes: tuple[int, int] | None = None,
                      expect_fingerprint: str | None = None) -> None:
     """Refuse a checkpoint of another architecture or trained on other data."""
     path = ckpt.path
-    if expect_spec is not None and ckpt.spec != expect_spec:
+    if expect_spec is not None and normalized(ckpt.spec) != expect_spec:
         raise ExpectedError(f"{path}: checkpoint is of another architecture "
                             f"({_describe_spec_difference(ckpt.spec, expect_spec)})")
     if expect_sizes is not None and (ckpt.theta.size, ckpt.state.size) != tuple(expect_sizes):

@@ -43,11 +43,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from core.spec import normalize_spec
 from data.prepare import ensure_dataset
 from data.shards import read_split
 from dist import train
-from dist.checkpoint import resolve_checkpoint
+from dist.checkpoint import normalized, resolve_checkpoint
 from dist.comm import Comm, ExpectedError, run_main
 from dist.config import DEFAULT_PRESET, load_config
 from dist.evaluate import model_from_checkpoint, predict_scores, scores_to_proba
@@ -115,10 +114,11 @@ def member_mismatch(folder: Path, cfg, seed: int) -> str | None:
         return (f"{path}: preset {found[0]!r} with train.seed {found[1]}, but this member "
                 f"needs preset {cfg.preset!r} with train.seed {seed}")
     has, wants = _flatten(config), _flatten(cfg.to_dict())
-    try:   # layers as dist.train saves them: every default filled in
-        wants["model.layers"] = normalize_spec(wants["model.layers"])
-    except ValueError:
-        pass  # train.main names the bad layer
+    # Layers as dist.train saves them, every default filled in: also in a folder written
+    # before a layer key existed (train.main names a bad layer).
+    for settings in (wants, has):
+        if isinstance(settings.get("model.layers"), list):
+            settings["model.layers"] = normalized(settings["model.layers"])
     for key, value in wants.items():
         found_value = has.get(key, "(missing)")
         if key.startswith(NOT_SHAPING) or found_value == value:

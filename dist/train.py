@@ -29,6 +29,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
+from core.deskew import deskew_raw, deskews_before_augment
 from core.keyed_random import keyed_uniform, sample_keys
 from core.losses import LOSSES
 from core.model import Model
@@ -134,7 +135,9 @@ def local_batch(cfg, shard, k: int, epoch: int):
     rank, so a sample is augmented and dropped out the same way on any number of ranks."""
     lo, hi = shard.batch_offsets[k], shard.batch_offsets[k + 1]
     keys = sample_keys(cfg.train.seed, epoch, shard.indices[lo:hi])
-    images = shard.images[lo:hi]
+    images = shard.images[lo:hi]                                   # uint8 (b, 28, 28)
+    if deskews_before_augment(cfg.model.layers):   # upright first, then shifted and turned
+        images = deskew_raw(images)
     if cfg.data.augment:
         images = random_affine(images, keys, cfg.data.max_shift, cfg.data.max_rotate,
                                cfg.data.max_scale)

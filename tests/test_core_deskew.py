@@ -3,11 +3,15 @@ each image by itself, and sits in a model like any layer (spec, training step, c
 import numpy as np
 import pytest
 
-from core.deskew import deskew, moments
+from core.deskew import deskew, deskew_raw, moments
+from core.keyed_random import sample_keys
 from core.model import Model
 from core.resample import bilinear
+from data.augment import random_affine
 from data.hdf5 import read_arrays
-from data.shards import normalize
+from data.shards import normalize, read_epoch_shard
+from dist.config import load_config
+from dist.train import local_batch
 
 
 def slanted_bar(slant: float, size: int = 28) -> np.ndarray:
@@ -95,8 +99,48 @@ def test_a_model_with_deskew_trains_and_has_no_input_gradient():
 def test_deskew_after_a_convolution_is_a_spec_error():
     with pytest.raises(ValueError, match=r"layer 1 \(deskew\): needs single-channel images"):
         Model([{"type": "conv", "out": 4, "kernel": 3}, {"type": "deskew"}])
-    with pytest.raises(ValueError, match=r"layer 0 \(deskew\): unknown key 'angle'"):
+    with pytest.raises(ValueError, match=r"layer 0 \(deskew\): unknown key 'angle' "
+                                         r"\(known: before_augment\)"):
         Model([{"type": "deskew", "angle": 3}])
+    with pytest.raises(ValueError, match=r"layer 0 \(deskew\): 'before_augment' must be true "
+                                         r"or false, got 1"):
+        Model([{"type": "deskew", "before_augment": 1}])
+    with pytest.raises(ValueError, match=r"layer 1 \(deskew\): before_augment deskews the raw "
+                                         r"images, so the layer must come first"):
+        Model([{"type": "conv", "out": 1, "kernel": 1}, {"type": "deskew", "before_augment": True}])
+
+
+def training_batch(preset: str, mnist_h5):
+    """The first training batch of a preset, as dist.train builds it, and its raw images."""
+    cfg = load_config(preset)
+    shard = read_epoch_shard(mnist_h5, cfg.train.seed, 0, 0, 1, cfg.train.batch_size)
+    x, _, _ = local_batch(cfg, shard, 0, epoch=0)
+    return cfg, x, shard.images[:cfg.train.batch_size], shard.indices[:cfg.train.batch_size]
+
+
+def test_before_augment_deskews_the_raw_images_and_then_augments_them(mnist_h5):
+    cfg, x, raw, indices = training_batch("best-deskew-raw", mnist_h5)
+    keys = sample_keys(cfg.train.seed, 0, indices)
+    d = cfg.data
+    expected = normalize(random_affine(deskew_raw(raw), keys, d.max_shift, d.max_rotate,
+                                       d.max_scale))
+    assert np.array_equal(x, expected)
+    # The layer passes the training batch through and deskews at evaluation.
+    model = Model(cfg.model.layers[:1] + [{"type": "flatten"}])
+    assert np.array_equal(model.forward(x, train=True).reshape(x.shape), x)
+    assert not np.array_equal(model.forward(x, train=False).reshape(x.shape), x)
+
+
+def test_before_augment_keeps_the_augmented_shift_that_the_plain_layer_undoes(mnist_h5):
+    """What the first convolution sees in training: with the plain deskew layer every digit is
+    centred again (the ±2 px shift is gone); deskewed before augmenting, the shift survives."""
+    def centres(preset):
+        cfg, x, _, _ = training_batch(preset, mnist_h5)
+        seen = Model(cfg.model.layers[:1] + [{"type": "flatten"}]).forward(x, train=True)
+        cy, cx, _ = moments(seen.reshape(x.shape[:3]))
+        return np.concatenate([cy, cx]) - 13.5
+    assert np.abs(centres("best-deskew")).max() < 0.3
+    assert centres("best-deskew-raw").std() > 0.8          # uniform in ±2 px: sd 1.15
 
 
 def test_bilinear_fill_is_per_image():

@@ -227,6 +227,28 @@ def test_ensemble_refuses_a_member_trained_with_other_settings(tmp_path):
                               "ensemble's at layer 0"), message
 
 
+def test_a_member_saved_before_a_layer_key_existed_still_belongs(tmp_path):
+    # best-deskew members were trained before the deskew layer had `before_augment`: their
+    # config.json and checkpoints say {"type": "deskew"}, which means before_augment = false.
+    from dist.checkpoint import normalized
+    from dist.config import load_config
+    from dist.ensemble import member_mismatch
+
+    cfg = load_config("best-deskew", overrides=["train.seed=9"])
+    old = cfg.to_dict()
+    old["model"]["layers"] = [{"type": "deskew"}] + normalize_spec(cfg.model.layers)[1:]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert member_mismatch(tmp_path, load_config("best-deskew"), 9) is None
+    message = member_mismatch(tmp_path, load_config("best-deskew-raw"), 9)
+    assert "preset 'best-deskew' with train.seed 9" in message
+    assert normalized(old["model"]["layers"]) == normalize_spec(cfg.model.layers)
+    # and its checkpoints resume: the architecture check compares normalized specs
+    from types import SimpleNamespace
+    from dist.checkpoint import check_compatible
+    check_compatible(SimpleNamespace(path=tmp_path / "ckpt.h5", spec=old["model"]["layers"]),
+                     expect_spec=normalize_spec(cfg.model.layers))
+
+
 def test_members_left_to_train_are_dealt_evenly_over_the_groups(tmp_path):
     from dist.ensemble import deal_members, member_progress
 
