@@ -40,7 +40,7 @@ Tested by tests/test_core_deskew.py.
 import numpy as np
 
 from core.layers import Layer
-from core.resample import bilinear
+from core.resample import bilinear, to_uint8
 
 # |alpha| above 1 (a slant of more than 45 degrees) only comes from degenerate images -- a
 # blank, or a single horizontal stroke with var_y ~ 0 -- that a shear cannot improve.
@@ -81,10 +81,7 @@ def deskew(images: np.ndarray) -> np.ndarray:
 
 def deskew_raw(images: np.ndarray) -> np.ndarray:
     """uint8 (B, H, W) -> uint8 (B, H, W): deskewed and rounded back, ready for augmentation."""
-    out = deskew(images)
-    np.rint(out, out=out)
-    np.clip(out, 0, 255, out=out)
-    return out.astype(np.uint8)
+    return to_uint8(deskew(images))
 
 
 def deskews_before_augment(spec: list[dict]) -> bool:

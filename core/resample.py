@@ -54,6 +54,13 @@ def bilinear(images: np.ndarray, src_y: np.ndarray, src_x: np.ndarray,
     return top
 
 
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Resampled float32 pixels rounded back to uint8 (in place on `images`)."""
+    np.rint(images, out=images)
+    np.clip(images, 0, 255, out=images)
+    return images.astype(np.uint8)
+
+
 if __name__ == "__main__":
     rng = np.random.default_rng(0)
     img = rng.standard_normal((2, 28, 28)).astype(np.float32)

@@ -56,10 +56,7 @@ def random_affine(images: np.ndarray, keys: np.ndarray, max_shift: float = 2.0,
 def bilinear(images: np.ndarray, src_y: np.ndarray, src_x: np.ndarray) -> np.ndarray:
     """Sample uint8 images (B, H, W) at real-valued positions (B, H, W) float32, zero outside
     (core.resample.bilinear), rounded back to uint8. Overwrites src_y and src_x."""
-    out = resample.bilinear(images, src_y, src_x)
-    np.rint(out, out=out)
-    np.clip(out, 0, 255, out=out)
-    return out.astype(np.uint8)
+    return resample.to_uint8(resample.bilinear(images, src_y, src_x))
 
 
 if __name__ == "__main__":
