@@ -8,9 +8,10 @@ Each row is an ordinary `dist.train` run: the previous row's configuration plus 
 so the difference between two consecutive rows is what that change adds. The ladder goes from
 the Go seed's network (784-100-10, sigmoid, squared error, plain SGD) through momentum,
 learning-rate decay and the softmax/cross-entropy loss to convolution, dropout, batch norm,
-augmentation and deskewing. The budget is fixed per family: 5 epochs for the 784-100-10 rows,
-2 for the convolutional ones, so the table shows what a change buys on a short budget (the
-presets in launch/configs/ are the full-length versions).
+augmentation and deskewing (after augmentation, then before it instead). The budget is fixed
+per family: 5 epochs for the 784-100-10 rows, 2 for the convolutional ones, so the table
+shows what a change buys on a short budget (the presets in launch/configs/ are the
+full-length versions).
 
 Accuracies are test accuracies of each run's best.h5, chosen on validation (final.json); the
 table cites each run's metrics.jsonl. Early stopping is a row of its own: it does not change
@@ -38,12 +39,16 @@ MLP = '[{type="flatten"}, {type="dense", out=100}, {type="sigmoid"}, {type="dens
 MLP_RELU = '[{type="flatten"}, {type="dense", out=100}, {type="relu"}, {type="dense", out=10}]'
 
 
-def conv_layers(dropout: bool, batchnorm: bool, deskew: bool = False) -> str:
+DESKEW = '{type="deskew"}'                              # after augmentation
+DESKEW_RAW = '{type="deskew", before_augment=true}'       # before augmentation
+
+
+def conv_layers(dropout: bool, batchnorm: bool, deskew: str = "") -> str:
     """conv3x3(32)-pool-conv3x3(64)-pool-dense128-dense10, optionally with BN and dropout,
-    and optionally on deskewed input."""
+    and optionally after a deskew layer (DESKEW or DESKEW_RAW)."""
     bn = '{type="batchnorm"}, ' if batchnorm else ""
     drop = '{type="dropout", p=0.3}, ' if dropout else ""
-    first = '{type="deskew"}, ' if deskew else ""
+    first = deskew + ", " if deskew else ""
     return ('[' + first + '{type="conv", out=32, kernel=3, pad=1}, ' + bn
             + '{type="relu"}, {type="maxpool"}, '
             '{type="conv", out=64, kernel=3, pad=1}, ' + bn + '{type="relu"}, {type="maxpool"}, '
@@ -81,7 +86,9 @@ ROWS = [
      {"data.augment": "true", "data.max_shift": "2.0", "data.max_rotate": "10.0",
       "data.max_scale": "0.1"}),
     ("deskew", "+ deskew: each digit sheared upright before the first layer (core/deskew.py)",
-     {"model.layers": conv_layers(True, True, deskew=True)}),
+     {"model.layers": conv_layers(True, True, deskew=DESKEW)}),
+    ("deskew_raw", "+ deskew the raw image before augmenting it instead (before_augment)",
+     {"model.layers": conv_layers(True, True, deskew=DESKEW_RAW)}),
     ("early_stop", "+ early stopping, patience 1 (on the 'sgd' row's setup, 20 epochs)",
      {**GO_SEED, "train.epochs": "20", "train.patience": "1"}),
 ]
