@@ -2,6 +2,8 @@
 gradient checks.  No MPI, no h5py, no files: read it as a textbook chapter.
 
     keyed_random.py   counter-based randomness keyed by global sample index
+    resample.py       bilinear resampling of image batches (augmentation, deskew)
+    deskew.py         the deskew input layer (shear each digit upright)
     layers.py         Layer interface, Dense, ReLU/Sigmoid/Tanh, Dropout, Flatten
     conv.py           Conv2D (im2col + GEMM) and MaxPool2D, NHWC
     norm.py           BatchNorm with a cross-rank `reduce`
@@ -11,7 +13,6 @@ gradient checks.  No MPI, no h5py, no files: read it as a textbook chapter.
     optim.py          SGD with momentum / Nesterov / masked weight decay
     schedules.py      lr(step): constant, step, cosine, linear warmup
     gradcheck.py      finite-difference checks (python -m core.gradcheck)
-    bench_core.py     throughput vs GEMM peak (python -m core.bench_core)
 
 Tests: pytest tests/test_core_*.py
 """

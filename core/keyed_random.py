@@ -94,18 +94,6 @@ def keyed_uniform(keys, stream, shape):
     return u.reshape((len(bits),) + shape)
 
 
-def keyed_normal(keys, stream, shape):
-    """float32 (B, *shape) standard normal (Box-Muller on two keyed uniforms per element)."""
-    shape = tuple(int(d) for d in shape)
-    n = int(np.prod(shape, dtype=np.int64))
-    u = keyed_uniform(keys, stream, (2, n))                    # (B, 2, n)
-    u1 = np.float32(1.0) - u[:, 0]                             # (0, 1]: log is finite
-    u2 = u[:, 1]
-    r = np.sqrt(np.float32(-2.0) * np.log(u1))
-    z = r * np.cos(np.float32(2.0 * np.pi) * u2)
-    return z.astype(np.float32, copy=False).reshape((len(u),) + shape)
-
-
 def keyed_noise(seed, epoch, indices):
     """The `noise(stream, shape)` callable that Model.forward expects, for these samples."""
     keys = sample_keys(seed, epoch, indices)

@@ -1,6 +1,6 @@
 """Layers, part 1: the Layer interface, Dense, the activations, Dropout and Flatten.
 
-Every layer follows one small contract (the homework's equations, one layer at a time):
+Every layer follows one small contract (backprop's equations, one layer at a time):
 
     forward(x, train)  -> y    caches what backward needs (only when train=True)
     backward(dy)       -> dx   WRITES (=, never +=) its parameter gradients into its grad

@@ -21,14 +21,10 @@ Noise: `forward(x, train=True, noise=...)` needs `noise(stream, shape)` returnin
 float32 uniforms (B, *shape) when the model has dropout; each Dropout layer asks with its
 own index as the stream.  Build it with core.keyed_random.keyed_noise(seed, epoch, idx).
 
-Probabilities: `predict_proba(x)` = softmax(forward(x, train=False)), in chunks (the
-im2col buffers grow with the batch).  For an MSE/sigmoid net the softmax is only a
-monotone squashing of its outputs: use the argmax (`predict`).
 Tested by tests/test_core_arena.py, tests/test_core_spec.py, tests/test_core_learns.py.
 """
 import numpy as np
 
-from core.losses import softmax
 from core.norm import BatchNorm, identity_reduce
 from core.spec import build_layers, check_input_shape
 
@@ -138,15 +134,6 @@ class Model:
         for layer in reversed(self.layers[start:]):
             d = layer.backward(d)
         return d if input_grad else None
-
-    def predict_proba(self, x, batch_size=500):
-        """softmax(forward(x, train=False)), computed in chunks of batch_size samples."""
-        out = [softmax(self.forward(x[i:i + batch_size], False)) for i in range(0, len(x), batch_size)]
-        return np.concatenate(out) if out else np.zeros((0,) + self.output_shape, self.dtype)
-
-    def predict(self, x, batch_size=500):
-        """Predicted class per sample, int (B,)."""
-        return self.predict_proba(x, batch_size).argmax(axis=1)
 
     # --- description ---------------------------------------------------------------------
     def describe(self):

@@ -7,8 +7,7 @@ IDX at all (the CSV files of a PyPI wheel), on the IDX byte stream the decoded a
 correspond to.
 
 The SHA-256 values below are the published ones (the same as `SHA256SUMS.uncompressed` next to
-a local copy); the MD5 values, the ones published with MNIST itself, are kept for reference so a
-reader can cross-check with `md5sum`.
+a local copy).
 
 The *fingerprint* of a data set is the SHA-256 of its checksum list written exactly as
 `sha256sum` writes it (lines `<hex>  <name>` sorted by name). For genuine MNIST it therefore is
@@ -39,15 +38,6 @@ SHA256 = {
     TEST_IMAGES: "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
     TEST_LABELS: "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
-
-# For reference only; verification uses SHA-256.
-MD5 = {
-    TRAIN_IMAGES: "6bbc9ace898e44ae57da46a324031adb",
-    TRAIN_LABELS: "a25bea736e30d166cdddb491f175f624",
-    TEST_IMAGES: "2646ac647ad5339dbf082846283269ea",
-    TEST_LABELS: "27ae3e4e09519cfbb04c329615203637",
-}
-
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()

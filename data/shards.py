@@ -89,11 +89,6 @@ class Shard:
     def steps(self) -> int:
         return len(self.batch_offsets) - 1
 
-    def batch(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(images, labels, indices) of local batch k; views, no copies."""
-        rows = slice(self.batch_offsets[k], self.batch_offsets[k + 1])
-        return self.images[rows], self.labels[rows], self.indices[rows]
-
 
 def shard_indices(seed: int, epoch: int, rank: int, size: int, batch_size: int,
                   train_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

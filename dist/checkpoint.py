@@ -32,7 +32,7 @@ import h5py
 import numpy as np
 
 from core.spec import normalize_spec
-from dist.comm import ExpectedError
+from dist.errors import ExpectedError
 
 FORMAT = "mpigrad-checkpoint"
 VERSION = 1

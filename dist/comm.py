@@ -14,6 +14,7 @@ A thin wrapper over mpi4py in the spirit of ChainerMN's communicators:
 * ``agree(ok, message)``: every rank contributes a flag; if any rank failed, *all* ranks raise
   the same ``ExpectedError`` together, so a bad config or unreadable shard is reported once
   (by rank 0) instead of leaving the healthy ranks blocked in the next collective;
+  ``collectively(fn)`` runs fn on every rank that way, ``on_root(fn)`` on rank 0 alone;
 * ``wait_for_root()``: the ranks that wait while rank 0 evaluates and writes checkpoints poll a
   non-blocking barrier with short sleeps instead of spinning a core inside a blocking call
   (MPICH busy-polls), which matters when ranks outnumber cores.
@@ -35,18 +36,8 @@ import traceback
 import numpy as np
 from mpi4py import MPI
 
-
-class ExpectedError(Exception):
-    """An error the user can fix (bad config, bad data, NaN loss): one line, exit code 2.
-
-    ``everywhere=True`` means every rank raises it at the same point (``agree`` does that, and
-    so does a check on values all ranks share); then rank 0 alone reports it and all ranks exit
-    cleanly. Raised on one rank only, it ends the whole job with MPI Abort instead, because the
-    other ranks would otherwise wait forever in their next collective."""
-
-    def __init__(self, message: str, everywhere: bool = False):
-        super().__init__(message)
-        self.everywhere = everywhere
+from data.errors import DataError
+from dist.errors import ExpectedError
 
 
 # Waiting on a non-blocking request: first spin briefly (a balanced allreduce of a small model
@@ -218,7 +209,7 @@ class Comm:
                 raise ExpectedError(message, everywhere=True)
             return
         # Ranks often wait here while rank 0 evaluates or writes a checkpoint (see
-        # dist.train.on_root): sleep between polls so they leave rank 0 every core.
+        # Comm.on_root): sleep between polls so they leave rank 0 every core.
         flags = np.array([0 if ok else 1], dtype=np.int32)
         self._wait(self.world.Iallreduce(MPI.IN_PLACE, flags, op=MPI.SUM))
         if flags[0] == 0:
@@ -226,6 +217,34 @@ class Comm:
         messages = self.world.allgather(None if ok else message)
         first = next(m for m in messages if m is not None)
         raise ExpectedError(first, everywhere=True)
+
+    def collectively(self, fn, *args, **kwargs):
+        """Run ``fn`` on every rank; if it fails with a user error on any rank, every rank
+        raises it (the message of the lowest failing rank, printed once by rank 0)."""
+        try:
+            result, error = fn(*args, **kwargs), None
+        except (ExpectedError, DataError) as err:
+            result, error = None, str(err)
+        self.agree(error is None, error or "")
+        return result
+
+    def on_root(self, fn, *args, **kwargs):
+        """Run ``fn`` on rank 0 only and share its result and its errors with every rank.
+        The other ranks wait in ``agree``, whose polls sleep: they leave rank 0 the cores."""
+        if self.is_root:
+            result = self.collectively(fn, *args, **kwargs)
+        else:
+            self.agree(True)
+            result = None
+        return self.bcast(result)
+
+    def gather(self, obj) -> list | None:
+        """Every rank's small Python object, as a list on rank 0 (None elsewhere)."""
+        return self.world.gather(obj, root=0) if self.size > 1 else [obj]
+
+    def allgather(self, obj) -> list:
+        """Every rank's small Python object, as a list on every rank."""
+        return self.world.allgather(obj) if self.size > 1 else [obj]
 
     def abort(self, code: int = 1) -> None:
         self.world.Abort(code)

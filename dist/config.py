@@ -1,7 +1,9 @@
 """Training configuration: typed sections, loaded from a TOML preset plus command-line overrides.
 
-A config is six small dataclasses (``[model] [data] [optim] [schedule] [train] [run]``). A preset
-in ``launch/configs/NAME.toml`` sets some fields; the rest keep the defaults below. Overrides
+A config is seven small dataclasses (``[model] [data] [optim] [schedule] [train] [run]
+[comm]``). A preset in ``launch/configs/NAME.toml`` sets some fields; the rest keep the defaults
+below. A preset may start from another one (``base = "best"`` at its top) and set only what
+differs; ``[model] prepend = [...]`` puts layers in front of the base's (a deskew layer, say). Overrides
 come from the command line as ``--set optim.lr=0.05`` or ``--optim.lr 0.05`` (the value is read
 as a TOML value, so ``--set model.layers=[{type="dense",out=10}]`` works too).
 
@@ -19,7 +21,10 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dist.comm import ExpectedError
+from dist.errors import ExpectedError
+
+# The update kinds (dist/update.py imports MPI, so its list is repeated here).
+KINDS = ("auto", "allreduce", "sharded", "shared-memory")
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "launch" / "configs"
 DEFAULT_PRESET = "cnn"
@@ -85,6 +90,12 @@ class RunConfig:
 
 
 @dataclass
+class CommConfig:
+    update: str = _f("auto", "gradient sum + step: 'auto' (by topology), 'allreduce', "
+                     "'sharded' or 'shared-memory' (dist/update.py)")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -92,6 +103,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    comm: CommConfig = field(default_factory=CommConfig)
     preset: str = ""
 
     def to_dict(self) -> dict:
@@ -99,7 +111,8 @@ class Config:
 
 
 _SECTION_CLASSES = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig,
-                    "schedule": ScheduleConfig, "train": TrainConfig, "run": RunConfig}
+                    "schedule": ScheduleConfig, "train": TrainConfig, "run": RunConfig,
+                    "comm": CommConfig}
 
 
 # -- typed assignment ------------------------------------------------------------------------
@@ -131,7 +144,7 @@ def _set(cfg: Config, key: str, value, where: str, raw: str | None = None) -> No
 
 def _apply_table(cfg: Config, table: dict, where: str) -> None:
     for section, values in table.items():
-        if section == "preset":
+        if section in ("preset", "base"):
             continue
         if not isinstance(values, dict):
             raise ExpectedError(f"{where}: '{section}' must be a table like [{section}]")
@@ -176,18 +189,34 @@ def load_config(preset: str | None = None, config_file: str | None = None,
         _apply_table(cfg, read_file(path), str(path))
         cfg.preset = read_file(path).get("preset", "") or path.stem
     else:
-        name = preset or DEFAULT_PRESET
-        path = CONFIG_DIR / f"{name}.toml"
-        if not path.exists():
-            known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.toml")))
-            raise ExpectedError(f"--preset {name}: no such preset (known: {known})")
-        _apply_table(cfg, read_file(path), str(path.relative_to(CONFIG_DIR.parents[1])))
-        cfg.preset = name
+        cfg.preset = preset or DEFAULT_PRESET
+        _apply_preset(cfg, cfg.preset, seen=())
     for text in overrides:
         key, value, raw = parse_override(text)
         _set(cfg, key, value, f"--set {key}", raw)
     validate(cfg)
     return cfg
+
+
+def _apply_preset(cfg: Config, name: str, seen: tuple) -> None:
+    """Apply launch/configs/NAME.toml, after the preset it names as ``base`` (if any)."""
+    path = CONFIG_DIR / f"{name}.toml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.toml")))
+        raise ExpectedError(f"--preset {name}: no such preset (known: {known})")
+    where = str(path.relative_to(CONFIG_DIR.parents[1]))
+    table = read_file(path)
+    base = table.get("base")
+    if base is not None:
+        if not isinstance(base, str) or base in seen + (name,):
+            raise ExpectedError(f"{where}: base={base!r} must name another preset, without a loop")
+        _apply_preset(cfg, base, seen + (name,))
+    prepend = table.get("model", {}).pop("prepend", [])
+    if not isinstance(prepend, list) or (prepend and base is None):
+        raise ExpectedError(f"{where}: model.prepend must be a list of layer tables, in a preset "
+                            f"with a base")
+    _apply_table(cfg, table, where)
+    cfg.model.layers = prepend + cfg.model.layers
 
 
 def validate(cfg: Config) -> None:
@@ -224,6 +253,8 @@ def validate(cfg: Config) -> None:
     need(r.checkpoint_every >= 0, "run.checkpoint_every", r.checkpoint_every, "must be >= 0")
     need(r.keep_last >= 1, "run.keep_last", r.keep_last, "must be >= 1")
     need(r.threads >= 0, "run.threads", r.threads, "must be >= 0")
+    need(cfg.comm.update in KINDS, "comm.update", cfg.comm.update,
+         f"must be one of {', '.join(KINDS)}")
     need("/" not in r.name and r.name not in (".", ".."), "run.name", r.name,
          "must be a plain folder name (use run.dir for the parent)")
 

@@ -15,7 +15,8 @@ import numpy as np
 
 from core.gradcheck import check_model_at
 from core.model import Model
-from dist.comm import Comm, ExpectedError
+from dist.comm import Comm
+from dist.errors import ExpectedError
 
 GRADCHECK_SAMPLES = 4
 GRADCHECK_LIMIT = 1e-4  # float64 central differences on a correct backward give ~1e-7

@@ -47,7 +47,8 @@ from data.prepare import ensure_dataset
 from data.shards import read_split
 from dist import train
 from dist.checkpoint import normalized, resolve_checkpoint
-from dist.comm import Comm, ExpectedError, run_main
+from dist.comm import Comm, run_main
+from dist.errors import ExpectedError
 from dist.config import DEFAULT_PRESET, load_config
 from dist.evaluate import model_from_checkpoint, predict_scores, scores_to_proba
 
@@ -204,7 +205,7 @@ def shared_setting_conflict(configs) -> str | None:
 
 def member_configs(world: Comm, presets: list[str], config_file, overrides) -> dict:
     """Each distinct preset's resolved config, after checking they agree on SHARED_SETTINGS."""
-    configs = {name: train.collectively(world, load_config, name, config_file, overrides)
+    configs = {name: world.collectively(load_config, name, config_file, overrides)
                for name in dict.fromkeys(presets)}
     conflict = shared_setting_conflict(list(configs.values()))
     world.agree(conflict is None, conflict or "")
@@ -296,7 +297,7 @@ def main(world: Comm, argv=None) -> None:
               f"(members {', '.join(f'{100 * a:.2f}%' for a in test['members'])}); "
               f"{folder / 'ensemble.json'}", flush=True)
 
-    train.on_root(world, combine)
+    world.on_root(combine)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from data.hdf5 import open_mnist
 from data.prepare import ensure_dataset
 from data.shards import normalize, read_split
 from dist.checkpoint import check_compatible, load_checkpoint
-from dist.comm import ExpectedError
+from dist.errors import ExpectedError
 
 
 # Images per forward pass when evaluating. Larger batches make bigger GEMMs, but best's im2col

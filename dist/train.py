@@ -6,23 +6,22 @@
     mpirun -n 4 python -m dist.train --resume runs/cnn-20261122-101500
     python -m dist.train --debug                           # gradient check, finiteness checks
 
-Every rank builds the same model from the same seed, reads its shard of each epoch
-(``data.shards``), and per step: forward, loss, backward on its share of the global batch,
-then the update (``dist.update``): a reduce-scatter gives each rank the summed gradient of its
-own slice of the flat parameters, it takes the SGD step on that slice, and an all-gather makes
-the parameters whole again on every rank -- an allreduce cut in two, with the optimizer's
-work split between the ranks instead of repeated on each. The loss divides by the *global*
-batch size, so the summed gradient is the single-process one: ``python -m dist.train``
-follows the same trajectory as ``mpirun -n 4`` (up to float summation order). Rank 0
-evaluates, logs ``runs/<name>/metrics.jsonl`` and writes the checkpoints; the other ranks wait
-for it without spinning a core.
+Every rank builds the same model from the same seed and reads its shard of each epoch
+(``data.shards``). One step (``train_step``): forward, loss and backward on this rank's share of
+the global batch; the gradient summed over ranks; one SGD step (``dist.update``: by default
+each rank updates its own slice of the flat parameters and the slices are gathered again).
+The loss divides by the *global* batch size, so the summed gradient is the single-process one:
+``python -m dist.train`` computes the same step as ``mpirun -n 4``, up to float summation
+order. Rank 0 evaluates, logs and writes the checkpoints (``dist.rundir``); the other ranks
+wait for it without spinning a core.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,16 +35,17 @@ from core.model import Model
 from core.optim import SGD
 from core.schedules import make_schedule
 from data.augment import random_affine
-from data.errors import DataError
 from data.hdf5 import open_mnist
 from data.prepare import default_path, ensure_dataset
 from data.shards import normalize, read_epoch_shard, read_split, split_train_val, steps_per_epoch
 from dist import checkpoint as ck
-from dist.comm import Comm, ExpectedError, run_main
+from dist import rundir
+from dist.comm import Comm, run_main
 from dist.config import help_text, load_config
 from dist.debug import debug_first_step, forward_checked
+from dist.errors import ExpectedError
 from dist.evaluate import evaluate, model_from_checkpoint
-from dist.update import ShardedUpdate
+from dist.update import make_update
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -83,27 +83,6 @@ def parse_args(argv):
     if args.resume and (args.preset or args.config):
         parser.error("--resume takes the config from the checkpoint; use --set to change fields")
     return args
-
-
-def collectively(comm: Comm, fn, *args, **kwargs):
-    """Run ``fn`` on every rank; if it fails with a user error on any rank, all ranks raise it."""
-    try:
-        result, error = fn(*args, **kwargs), None
-    except (ExpectedError, DataError) as err:
-        result, error = None, str(err)
-    comm.agree(error is None, error or "")
-    return result
-
-
-def on_root(comm: Comm, fn, *args, **kwargs):
-    """Run ``fn`` on rank 0 only and share its result and its errors. The other ranks wait in
-    ``agree``, whose non-blocking allreduce sleeps between polls: they do not spin a core."""
-    if comm.is_root:
-        result = collectively(comm, fn, *args, **kwargs)
-    else:
-        comm.agree(True)
-        result = None
-    return comm.bcast(result)
 
 
 def build_model(cfg, comm: Comm) -> Model:
@@ -156,218 +135,241 @@ def prepare_data(cfg) -> str:
     return str(ensure_dataset(path, cfg.data.source or None, quiet=path.is_file()))
 
 
-def make_run_dir(cfg) -> Path:
-    """Create runs/<name> for a fresh run; refuse to reuse one that holds checkpoints."""
-    name = cfg.run.name or f"{cfg.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(cfg.run.dir) / name
-    if any(run_dir.glob("ckpt-*.h5")) or (run_dir / "metrics.jsonl").exists():
-        raise ExpectedError(f"{run_dir}: run folder already exists; continue it with --resume "
-                            f"{run_dir} or choose another --set run.name=...")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.run.name = name
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    return run_dir
+@dataclass
+class Progress:
+    """Where training stands: the whole training state besides the arrays. Randomness is
+    keyed by (seed, epoch, global sample index), so these counters are all resume needs."""
+    epoch: int = 0              # the epoch in progress (or next to start)
+    step: int = 0               # steps of that epoch already done
+    global_step: int = 0
+    best_metric: float = -np.inf  # best validation accuracy so far
+    best_epoch: int = -1
+    bad_epochs: int = 0         # epochs since the best (early stopping)
 
 
-def trim_metrics(run_dir: Path, completed_epochs: int) -> None:
-    """On resume, drop metric lines of epochs the checkpoint does not contain."""
-    path = run_dir / "metrics.jsonl"
-    if path.exists():
-        lines = [ln for ln in path.read_text().splitlines()
-                 if ln.strip() and json.loads(ln)["epoch"] <= completed_epochs]
-        path.write_text("".join(ln + "\n" for ln in lines))
+class Clock:
+    """Wall time split into phases: ``lap(name)`` charges the time since the last lap to name."""
+
+    def __init__(self):
+        self.seconds, self.last = defaultdict(float), time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] += now - self.last
+        self.last = now
+
+
+def train_step(model: Model, loss_fn, update, x, y, noise, lr: float, batch: int,
+               clock: Clock, debug: bool = False) -> tuple[float, np.ndarray]:
+    """One synchronous SGD step on this rank's share (x, y) of a global batch of ``batch``.
+    Returns the loss (summed over local samples / global batch) and the network outputs."""
+    out = forward_checked(model, x, noise) if debug else model.forward(x, train=True, noise=noise)
+    clock.lap("forward")
+    loss, dout = loss_fn(out, y, divisor=batch)   # sum over local samples / global B
+    model.backward(dout)                          # fills model.grad (flat)
+    clock.lap("backward")
+    update.reduce_gradient()       # the summed gradient (of my slice)
+    clock.lap("allreduce")
+    update.step(lr)                # SGD on my slice of theta
+    clock.lap("optimizer")
+    update.gather_parameters()     # theta whole, the same on every rank
+    clock.lap("allreduce")
+    return loss, out
+
+
+def configure(comm: Comm, args):
+    """The config (a preset or the checkpoint's own, plus overrides) and the checkpoint."""
+    resume = None
+    if args.resume:
+        resume = comm.collectively(ck.load_checkpoint, args.resume)
+        cfg = comm.collectively(load_config, base=resume.config, overrides=args.set)
+    else:
+        cfg = comm.collectively(load_config, args.preset, args.config, args.set)
+    if args.debug:  # a small, fully checked run
+        cfg.train.steps_per_epoch = cfg.train.steps_per_epoch or 20
+        cfg.train.epochs = min(cfg.train.epochs, 2)
+    comm.agree(cfg.train.batch_size >= comm.size, f"train.batch_size={cfg.train.batch_size} is "
+               f"smaller than the number of ranks ({comm.size}): every rank needs a sample")
+    return cfg, resume
+
+
+def open_data(comm: Comm, cfg) -> tuple[str, str, int]:
+    """Rank 0 prepares MNIST on first use; every rank checks the file. (path, fingerprint,
+    steps per epoch)"""
+    path = comm.on_root(prepare_data, cfg)
+    info = comm.collectively(open_mnist, path, deep=False)  # rank 0 checked the contents
+    train_idx, _ = split_train_val(cfg.data.split_seed, cfg.data.val_size, info.sizes["train"])
+    steps = comm.collectively(steps_per_epoch, len(train_idx), cfg.train.batch_size)
+    return path, info.fingerprint, min(steps, cfg.train.steps_per_epoch or steps)
+
+
+def start(comm: Comm, cfg, model: Model, opt: SGD, resume, fingerprint: str):
+    """A fresh run folder, or the checkpoint's arrays and progress. (Progress, run folder)"""
+    if resume is None:
+        comm.bcast_array_(model.theta)  # identical already; guards against heterogeneous nodes
+        run_dir = Path(comm.on_root(lambda: str(rundir.create(cfg))))
+        cfg.run.name = run_dir.name
+        return Progress(), run_dir
+    comm.collectively(ck.check_compatible, resume, expect_spec=model.spec,
+                      expect_sizes=(model.theta.size, model.state.size),
+                      expect_fingerprint=fingerprint)
+    model.theta[...], model.state[...] = resume.theta, resume.state
+    opt.velocity[...] = resume.velocity
+    progress = Progress(resume.epoch, resume.step, resume.global_step, resume.best_metric,
+                        resume.best_epoch, resume.bad_epochs)
+    if comm.is_root:
+        rundir.trim_metrics(resume.path.parent, resume.epoch)
+    return progress, resume.path.parent
+
+
+class RootWork:
+    """What rank 0 does between steps while the others wait: checkpoints, evaluation, logs."""
+
+    def __init__(self, comm: Comm, cfg, model: Model, opt: SGD, run_dir: Path, data_path: str,
+                 fingerprint: str, start: float):
+        self.comm, self.cfg, self.model, self.opt, self.run_dir = comm, cfg, model, opt, run_dir
+        self.fingerprint, self.start = fingerprint, start
+        split = (cfg.data.split_seed, cfg.data.val_size)
+        self.val_set = read_split(data_path, "val", *split) if comm.is_root else None
+        self.test_set = read_split(data_path, "test", *split) if comm.is_root else None
+
+    def checkpoint(self, progress: Progress, also_best: bool = False) -> None:
+        m, cfg = self.model, self.cfg
+        state = ck.Checkpoint(self.run_dir / ck.checkpoint_name(progress.epoch, progress.step),
+                              m.theta, m.state, self.opt.velocity, **asdict(progress),
+                              config=cfg.to_dict(), spec=m.spec,
+                              data_fingerprint=self.fingerprint, world_size=self.comm.size)
+        ck.save_checkpoint(state.path, state)
+        if also_best:
+            ck.save_checkpoint(self.run_dir / "best.h5", state)
+        ck.prune_checkpoints(self.run_dir, cfg.run.keep_last)
+
+    def end_of_epoch(self, progress: Progress, record: dict, clock: Clock) -> bool:
+        """Evaluate, update the best, checkpoint, log. Returns True to stop early."""
+        cfg, epoch = self.cfg, progress.epoch       # the epoch just completed
+        with threadpool_limits(self.comm.root_threads):  # the other ranks sleep meanwhile
+            val = evaluate(self.model, *self.val_set[:2], cfg.model.loss) \
+                if len(self.val_set[1]) else None
+            every = cfg.train.eval_test_every
+            test = evaluate(self.model, *self.test_set[:2], cfg.model.loss) \
+                if epoch == cfg.train.epochs or (every and epoch % every == 0) else None
+        clock.lap("eval")
+        improved = val is not None and val["acc"] > progress.best_metric
+        if improved:
+            progress.best_metric, progress.best_epoch, progress.bad_epochs = val["acc"], epoch, 0
+        else:
+            progress.bad_epochs += 1
+        patience = cfg.train.patience
+        stop = bool(patience and val is not None and progress.bad_epochs >= patience)
+        self.checkpoint(progress, also_best=improved or val is None)
+        clock.lap("checkpoint")
+        record.update(val_loss=val and val["loss"], val_acc=val and val["acc"],
+                      test_loss=test and test["loss"], test_acc=test and test["acc"],
+                      early_stop=stop)
+        record["seconds"] = {**split_of(clock), "train": record["seconds"]["train"],
+                             "wall": time.perf_counter() - self.start}
+        rundir.append_metrics(self.run_dir, record)
+        print(rundir.epoch_line(record, cfg.train.epochs), flush=True)
+        return stop
+
+    def final_report(self, progress: Progress, threads: int) -> None:
+        """The model that counts is the one validation chose: best.h5, on the test set."""
+        best_model, _ = model_from_checkpoint(self.run_dir / "best.h5", self.fingerprint)
+        with threadpool_limits(self.comm.root_threads):
+            test = evaluate(best_model, *self.test_set[:2], self.cfg.model.loss)
+        rundir.write_final(self.run_dir, {
+            "run": str(self.run_dir), "best_epoch": progress.best_epoch,
+            "best_val_acc": progress.best_metric, "test_acc": test["acc"],
+            "test_loss": test["loss"], "wall_seconds": time.perf_counter() - self.start,
+            "world_size": self.comm.size, "threads": threads, "preset": self.cfg.preset})
+
+
+def split_of(clock: Clock) -> dict:
+    """An epoch's time in the metrics' terms: compute, allreduce, data, eval, checkpoint."""
+    s = clock.seconds
+    return {"compute": s["forward"] + s["backward"] + s["optimizer"] + s["tally"],
+            "allreduce": s["allreduce"], "data": s["data"], "eval": s["eval"],
+            "checkpoint": s["checkpoint"]}
+
+
+def headline(comm: Comm, cfg, model: Model, threads: int, steps: int, update, run_dir: Path,
+             progress: Progress) -> str:
+    d = model.describe()
+    return (f"mpigrad: {comm.size} rank(s) x {threads} BLAS thread(s), preset {cfg.preset!r}, "
+            f"{d['params']:,} parameters, {d['flops_per_sample'] / 1e6:.1f} MFLOP/image, global "
+            f"batch {cfg.train.batch_size}, {steps} steps/epoch, {update.transport} update, run "
+            f"{run_dir}" + (f", resuming at epoch {progress.epoch + 1} step {progress.step}"
+                            if progress.global_step else ""))
 
 
 def main(comm: Comm, argv=None) -> None:
     args = parse_args(argv)
-    start = time.perf_counter()
-
-    # -- configuration: a preset (or a checkpoint's own config) plus overrides ---------------
-    resume = None
-    if args.resume:
-        resume = collectively(comm, ck.load_checkpoint, args.resume)
-        cfg = collectively(comm, load_config, base=resume.config, overrides=args.set)
-    else:
-        cfg = collectively(comm, load_config, args.preset, args.config, args.set)
-    if args.debug:  # a small, fully checked run
-        cfg.train.steps_per_epoch = cfg.train.steps_per_epoch or 20
-        cfg.train.epochs = min(cfg.train.epochs, 2)
-    batch, seed = cfg.train.batch_size, cfg.train.seed
-    comm.agree(batch >= comm.size, f"train.batch_size={batch} is smaller than the number of "
-               f"ranks ({comm.size}): every rank needs at least one sample per batch")
+    start_time = time.perf_counter()
+    cfg, resume = configure(comm, args)
     threads = cfg.run.threads or comm.cores_per_rank
     threadpool_limits(threads)
     # Overflow shows up as a non-finite gradient, which the loop reports in one clear line
     # (and --debug pins to a layer); numpy's per-operation warnings would only add noise.
     np.seterr(over="ignore", invalid="ignore", divide="ignore")
-
-    # -- model and optimizer (every rank builds the same ones from the seed) ----------------
-    model = collectively(comm, build_model, cfg, comm)
+    model = comm.collectively(build_model, cfg, comm)
     cfg.model.layers = model.spec  # defaults filled in: this is what checkpoints compare
-    # -- data: rank 0 prepares MNIST on first use, everyone validates the same file ----------
-    data_path = on_root(comm, prepare_data, cfg)
-    # rank 0's ensure_dataset has just checked the contents; the others check the structure
-    info = collectively(comm, open_mnist, data_path, deep=False)
-    fingerprint = info.fingerprint
-    train_idx, _ = split_train_val(cfg.data.split_seed, cfg.data.val_size, info.sizes["train"])
-    steps = collectively(comm, steps_per_epoch, len(train_idx), batch)
-    steps = min(steps, cfg.train.steps_per_epoch or steps)
-
-    opt, lr_at = collectively(comm, build_optimizer, cfg, model, steps)
-    update = ShardedUpdate(comm, model.theta, model.grad, opt)   # each rank updates a slice
-    loss_fn = LOSSES[cfg.model.loss]
-
-    # -- where we start: fresh, or exactly where a checkpoint left off -----------------------
-    epoch0, step0, global_step = 0, 0, 0
-    best_acc, best_epoch, bad_epochs = -np.inf, -1, 0
-    if resume is not None:
-        collectively(comm, ck.check_compatible, resume, expect_spec=model.spec,
-                     expect_sizes=(model.theta.size, model.state.size),
-                     expect_fingerprint=fingerprint)
-        model.theta[...], model.state[...] = resume.theta, resume.state
-        opt.velocity[...] = resume.velocity
-        epoch0, step0, global_step = resume.epoch, resume.step, resume.global_step
-        best_acc, best_epoch, bad_epochs = resume.best_metric, resume.best_epoch, resume.bad_epochs
-        run_dir = resume.path.parent
-        if comm.is_root:
-            trim_metrics(run_dir, epoch0)
-    else:
-        comm.bcast_array_(model.theta)  # identical already; guards against heterogeneous nodes
-        run_dir = Path(on_root(comm, lambda: str(make_run_dir(cfg))))
-        cfg.run.name = run_dir.name
-
+    data_path, fingerprint, steps = open_data(comm, cfg)
+    opt, lr_at = comm.collectively(build_optimizer, cfg, model, steps)
+    update = make_update(comm, model.theta, model.grad, opt, cfg.comm.update)
+    loss_fn, batch = LOSSES[cfg.model.loss], cfg.train.batch_size
+    progress, run_dir = start(comm, cfg, model, opt, resume, fingerprint)
+    root = RootWork(comm, cfg, model, opt, run_dir, data_path, fingerprint, start_time)
     if comm.is_root:
-        d = model.describe()
-        print(f"mpigrad: {comm.size} rank(s) x {threads} BLAS thread(s), preset "
-              f"{cfg.preset!r}, {d['params']:,} parameters, {d['flops_per_sample'] / 1e6:.1f} "
-              f"MFLOP/image, global batch {batch}, {steps} steps/epoch, run {run_dir}"
-              + (f", resuming at epoch {epoch0 + 1} step {step0}" if resume else ""), flush=True)
-        val_set = read_split(data_path, "val", cfg.data.split_seed, cfg.data.val_size)
-        test_set = read_split(data_path, "test", cfg.data.split_seed, cfg.data.val_size)
+        print(headline(comm, cfg, model, threads, steps, update, run_dir, progress), flush=True)
 
-    def checkpoint_now(epoch: int, step: int, also_best: bool = False) -> None:
-        state = ck.Checkpoint(run_dir / ck.checkpoint_name(epoch, step), model.theta,
-                              model.state, opt.velocity, epoch, step, global_step, best_acc,
-                              best_epoch, bad_epochs, cfg.to_dict(), model.spec, fingerprint,
-                              comm.size)
-        ck.save_checkpoint(state.path, state)
-        if also_best:
-            ck.save_checkpoint(run_dir / "best.h5", state)
-        ck.prune_checkpoints(run_dir, cfg.run.keep_last)
-
-    # -- the loop -------------------------------------------------------------------------------
-    for epoch in range(epoch0, cfg.train.epochs):
-        timer = {"compute": 0.0, "allreduce": 0.0, "data": 0.0, "eval": 0.0, "checkpoint": 0.0}
-        t_epoch = t = time.perf_counter()
-        shard = collectively(comm, read_epoch_shard, data_path, seed, epoch, comm.rank,
-                             comm.size, batch, split_seed=cfg.data.split_seed,
-                             val_size=cfg.data.val_size)
-        timer["data"] += time.perf_counter() - t
+    for epoch in range(progress.epoch, cfg.train.epochs):
+        clock, t_epoch, first = Clock(), time.perf_counter(), progress.step
+        shard = comm.collectively(read_epoch_shard, data_path, cfg.train.seed, epoch, comm.rank,
+                                  comm.size, batch, split_seed=cfg.data.split_seed,
+                                  val_size=cfg.data.val_size)
+        clock.lap("data")
         totals = np.zeros(3)  # loss sum, correct, samples (this rank)
-        first = step0 if epoch == epoch0 else 0
         bar = tqdm(total=steps, initial=first, desc=f"epoch {epoch + 1}", leave=False,
                    disable=not (comm.is_root and cfg.run.progress and sys.stderr.isatty()))
         for k in range(first, steps):
-            t0 = time.perf_counter()
-            lr = lr_at(global_step)
+            clock.lap("other")
+            lr = lr_at(progress.global_step)
             x, y, noise = local_batch(cfg, shard, k, epoch)
-            t1 = time.perf_counter()
-            if args.debug and global_step == 0:
+            clock.lap("data")
+            if args.debug and progress.global_step == 0:
                 debug_first_step(comm, model, x, y, cfg.model.loss, batch, noise)
-            out = forward_checked(model, x, noise) if args.debug else \
-                model.forward(x, train=True, noise=noise)
-            loss, dout = loss_fn(out, y, divisor=batch)  # sum over local samples / global B
-            model.backward(dout)                          # fills model.grad (flat)
-            t2 = time.perf_counter()
-            update.reduce_gradient()       # reduce-scatter: the summed gradient of my slice
-            t3 = time.perf_counter()
-            update.step(lr)                # SGD on my slice of theta (dist/update.py)
-            t4 = time.perf_counter()
-            update.gather_parameters()     # all-gather: theta whole, the same on every rank
-            t5 = time.perf_counter()
+            loss, out = train_step(model, loss_fn, update, x, y, noise, lr, batch, clock,
+                                   args.debug)
             if not update.finite():        # the same theta everywhere: the same verdict
                 raise ExpectedError(f"non-finite loss/gradient at epoch {epoch + 1} step {k + 1} "
                                     f"(lr {lr:.3g}); no checkpoint written from it. Try a "
                                     f"smaller optim.lr or run with --debug", everywhere=True)
-            global_step += 1
+            progress.step, progress.global_step = k + 1, progress.global_step + 1
             totals += (loss * batch, (out.argmax(axis=1) == y).sum(), len(y))
-            t6 = time.perf_counter()
-            timer["data"] += t1 - t0
-            timer["compute"] += (t2 - t1) + (t4 - t3) + (t6 - t5)
-            timer["allreduce"] += (t3 - t2) + (t5 - t4)
+            clock.lap("tally")
             bar.update(1)
-            if cfg.run.checkpoint_every and global_step % cfg.run.checkpoint_every == 0 \
-                    and k + 1 < steps:
-                t = time.perf_counter()
+            every = cfg.run.checkpoint_every
+            if every and progress.global_step % every == 0 and k + 1 < steps:
                 update.gather_velocity()   # each rank kept only its slice current
-                on_root(comm, checkpoint_now, epoch, k + 1)
-                timer["checkpoint"] += time.perf_counter() - t
+                comm.on_root(root.checkpoint, progress)
+                clock.lap("checkpoint")
         bar.close()
-        train_time = time.perf_counter() - t_epoch
+        train_seconds = time.perf_counter() - t_epoch
         comm.allreduce_sum_(totals)
         update.gather_velocity()           # for the end-of-epoch checkpoint
-
-        # -- epoch end: rank 0 evaluates, logs and checkpoints; the others sleep meanwhile ----
-        def end_of_epoch() -> bool:
-            nonlocal best_acc, best_epoch, bad_epochs
-            t = time.perf_counter()
-            with threadpool_limits(comm.root_threads):  # the other ranks sleep meanwhile
-                val = evaluate(model, *val_set[:2], cfg.model.loss) if len(val_set[1]) else None
-                last = epoch + 1 == cfg.train.epochs
-                every = cfg.train.eval_test_every
-                test = evaluate(model, *test_set[:2], cfg.model.loss) \
-                    if last or (every and (epoch + 1) % every == 0) else None
-            timer["eval"] += time.perf_counter() - t
-            improved = val is not None and val["acc"] > best_acc
-            if improved:
-                best_acc, best_epoch, bad_epochs = val["acc"], epoch + 1, 0
-            else:
-                bad_epochs += 1
-            patience = cfg.train.patience
-            stop = bool(patience and val is not None and bad_epochs >= patience)
-            t = time.perf_counter()
-            checkpoint_now(epoch + 1, 0, also_best=improved or val is None)
-            timer["checkpoint"] += time.perf_counter() - t
-            record = {
-                "epoch": epoch + 1, "global_step": global_step, "lr": lr_at(global_step - 1),
-                "train_loss": totals[0] / totals[2], "train_acc": totals[1] / totals[2],
-                "val_loss": val and val["loss"], "val_acc": val and val["acc"],
-                "test_loss": test and test["loss"], "test_acc": test and test["acc"],
-                "images_per_s": (steps - first) * batch / train_time,
-                "seconds": {**timer, "train": train_time, "wall": time.perf_counter() - start},
-                "world_size": comm.size, "threads": threads, "early_stop": stop}
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            print(f"epoch {epoch + 1}/{cfg.train.epochs}  train loss {record['train_loss']:.4f} "
-                  f"acc {100 * record['train_acc']:.2f}%"
-                  + (f"  val loss {val['loss']:.4f} acc {100 * val['acc']:.2f}%" if val else "")
-                  + (f"  test acc {100 * test['acc']:.2f}%" if test else "")
-                  + f"  lr {record['lr']:.4g}  {record['images_per_s']:.0f} img/s  "
-                  f"(compute {timer['compute']:.1f}s, allreduce {timer['allreduce']:.1f}s, "
-                  f"data {timer['data']:.1f}s, eval {timer['eval']:.1f}s)"
-                  + ("  early stop" if stop else ""), flush=True)
-            return stop
-
-        stop = on_root(comm, end_of_epoch)
+        progress.epoch, progress.step = epoch + 1, 0
+        record = {"epoch": epoch + 1, "global_step": progress.global_step,
+                  "lr": lr_at(progress.global_step - 1), "train_loss": totals[0] / totals[2],
+                  "train_acc": totals[1] / totals[2], "world_size": comm.size, "threads": threads,
+                  "images_per_s": (steps - first) * batch / train_seconds,
+                  "seconds": {"train": train_seconds}}
+        stop = comm.on_root(root.end_of_epoch, progress, record, clock)
+        progress = comm.bcast(progress)    # rank 0 updated the best; checkpoints need it all
         if stop:
             break
 
     update.close()  # frees the shared-memory window (an ensemble trains several members)
-
-    def final_report() -> None:  # the model that counts is the one validation chose: best.h5
-        best_model, _ = model_from_checkpoint(run_dir / "best.h5", fingerprint)
-        with threadpool_limits(comm.root_threads):
-            test = evaluate(best_model, *test_set[:2], cfg.model.loss)
-        summary = {"run": str(run_dir), "best_epoch": best_epoch, "best_val_acc": best_acc,
-                   "test_acc": test["acc"], "test_loss": test["loss"],
-                   "wall_seconds": time.perf_counter() - start, "world_size": comm.size,
-                   "threads": threads, "preset": cfg.preset}
-        (run_dir / "final.json").write_text(json.dumps(summary, indent=2) + "\n")
-        print(f"done in {summary['wall_seconds']:.0f}s: best.h5 (epoch {best_epoch}, validation "
-              f"{100 * best_acc:.2f}%) has test accuracy {100 * test['acc']:.2f}%; run {run_dir}",
-              flush=True)
-
-    on_root(comm, final_report)  # the other ranks sleep meanwhile instead of spinning in Finalize
+    comm.on_root(root.final_report, progress, threads)  # the others sleep meanwhile
 
 
 if __name__ == "__main__":

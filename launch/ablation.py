@@ -1,4 +1,4 @@
-"""The homework's ablation: what each improvement adds, one at a time, on a fixed budget.
+"""An ablation: what each improvement adds, one at a time, on a fixed budget.
 
     python -m launch.ablation                        # every row, mpirun -n 2 each (~15 min)
     python -m launch.ablation --ranks 1 --rows sgd,momentum      # some rows, one process each
@@ -6,7 +6,7 @@
 
 Each row is an ordinary `dist.train` run: the previous row's configuration plus one change,
 so the difference between two consecutive rows is what that change adds. The ladder goes from
-the Go seed's network (784-100-10, sigmoid, squared error, plain SGD) through momentum,
+the classic network (784-100-10, sigmoid, squared error, plain SGD) through momentum,
 learning-rate decay and the softmax/cross-entropy loss to convolution, dropout, batch norm,
 augmentation and deskewing (after augmentation, then before it instead). The budget is fixed
 per family: 5 epochs for the 784-100-10 rows, 2 for the convolutional ones, so the table
@@ -28,13 +28,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dist.comm import ExpectedError
+from dist.errors import ExpectedError
 from dist.config import load_config
 from launch.fakehosts import MPIRUN   # the venv's mpirun, else the one on PATH
 
 REPO = Path(__file__).resolve().parents[1]
 
-# The 784-100-10 network of the Go seed and launch/configs/classic.toml.
+# The classic 784-100-10 network of launch/configs/classic.toml.
 MLP = '[{type="flatten"}, {type="dense", out=100}, {type="sigmoid"}, {type="dense", out=10}, {type="sigmoid"}]'
 MLP_RELU = '[{type="flatten"}, {type="dense", out=100}, {type="relu"}, {type="dense", out=10}]'
 
@@ -56,16 +56,16 @@ def conv_layers(dropout: bool, batchnorm: bool, deskew: str = "") -> str:
             + '{type="dense", out=10}]')
 
 
-# The Go seed's training: 784-100-10 sigmoid/MSE, plain SGD at a constant rate, batch 32.
-GO_SEED = {"model.layers": MLP, "model.loss": "mse", "optim.lr": "2.0", "optim.momentum": "0.0",
+# The classic training: 784-100-10 sigmoid/MSE, plain SGD at a constant rate, batch 32.
+CLASSIC_SGD = {"model.layers": MLP, "model.loss": "mse", "optim.lr": "2.0", "optim.momentum": "0.0",
            "optim.nesterov": "false", "optim.weight_decay": "0.0", "schedule.kind": "constant",
            "schedule.warmup_epochs": "0.0", "train.batch_size": "32", "data.augment": "false"}
 
 # (name, what it adds, --set overrides on top of the previous row's). The first row of each
 # family states its whole configuration.
 ROWS = [
-    ("sgd", "784-100-10 sigmoid, squared error, plain SGD, constant lr (the Go seed)",
-     {**GO_SEED, "train.epochs": "5", "train.patience": "0"}),
+    ("sgd", "784-100-10 sigmoid, squared error, plain SGD, constant lr",
+     {**CLASSIC_SGD, "train.epochs": "5", "train.patience": "0"}),
     ("momentum", "+ momentum 0.9 (heavy ball; lr / 10 to keep the step size)",
      {"optim.momentum": "0.9", "optim.lr": "0.2"}),
     ("nesterov", "+ Nesterov momentum", {"optim.nesterov": "true"}),
@@ -90,7 +90,7 @@ ROWS = [
     ("deskew_raw", "+ deskew the raw image before augmenting it instead (before_augment)",
      {"model.layers": conv_layers(True, True, deskew=DESKEW_RAW)}),
     ("early_stop", "+ early stopping, patience 1 (on the 'sgd' row's setup, 20 epochs)",
-     {**GO_SEED, "train.epochs": "20", "train.patience": "1"}),
+     {**CLASSIC_SGD, "train.epochs": "20", "train.patience": "1"}),
 ]
 
 

@@ -6,20 +6,17 @@
     python -m launch.bench --ranks 1,2 --threads 1       # 1 BLAS thread per rank (scaling)
     python -m launch.bench --presets cnn --long          # longer, steadier measurement
     python -m launch.bench --quick --out /tmp/b.json     # a few steps: checks that it runs
-    python -m launch.bench --ranks 2 --no-shard          # the plain allreduce update, to compare
-    python -m launch.bench --ranks 2 --no-shm            # sharded, but over MPI collectives
+    python -m launch.bench --ranks 2 --update allreduce  # another update kind (dist/update.py)
     python -m launch.bench --layers --presets cnn        # ms per layer, forward and backward
 
-What a step is: exactly dist/train.py's step on real MNIST (data.prepare.ensure_dataset()):
-keyed augmentation (if the preset asks) and normalize ("data"), model.forward with keyed
-dropout noise ("forward", includes the batch-norm reduces), the loss and model.backward
-("backward"), the sharded update of dist/update.py: its reduce-scatter and all-gather
-("allreduce": includes waiting for the slowest rank; through a shared-memory window when all
-ranks are on one node, as in dist.train), its SGD step on this rank's slice and the
-finiteness check ("optimizer"). `--no-shard` times the plain update instead (allreduce, then
-every rank updates every parameter), and `--no-shm` the sharded one over MPI's collectives. Steps run in
-blocks; images/s and the split come from the fastest block (best-of-N: the machine may be
-shared).
+What a step is: dist.train's own ``train_step`` on real MNIST (data.prepare.ensure_dataset()),
+after dist.train's ``local_batch``: keyed augmentation (if the preset asks) and normalize
+("data"), model.forward with keyed dropout noise ("forward", includes the batch-norm reduces),
+the loss and model.backward ("backward"), the update that dist.train picks for this topology
+(dist/update.py): its reduce-scatter and all-gather ("allreduce": includes waiting for the
+slowest rank), its SGD step and the finiteness check ("optimizer"). `--update KIND` times
+another kind. Steps run in blocks; images/s and the split come from the fastest block
+(best-of-N: the machine may be shared).
 
 The physical limit: a plain float32 numpy matmul (2048 square, best of several) run by every
 rank at once with the same BLAS threads as training; the sum over ranks is the machine's
@@ -33,10 +30,11 @@ alone (launch/gemm_ceiling.py); the %peak the step would reach if those products
 did. The gap between %peak and ceil% is everything else; the gap from ceil% to 100% is what
 BLAS makes of the step's thin shapes.
 
-Also: the update alone, "plain" (allreduce, then SGD on every parameter) against "sharded_mpi"
-(MPI's reduce-scatter, SGD on this rank's slice, MPI's all-gather) and "sharded" (the same
-halves through shared memory on one node; dist.train's update), timed in alternation in the same launch
-so that both see the same moments of a shared machine (ms per step); evaluation images/s (rank
+Also: the update alone, every kind of dist/update.py ("allreduce": then SGD on every
+parameter; "sharded": MPI's reduce-scatter, SGD on this rank's slice, MPI's all-gather;
+"shared-memory": the same halves through a shared-memory window, where all ranks share a node),
+timed in alternation in the same launch so that all see the same moments of a shared machine
+(ms per step); evaluation images/s (rank
 0, model.forward in eval mode over validation images, with all cores, as dist.train does at
 epoch end) and peak memory per rank (ru_maxrss). With --ranks,
 every (preset, rank count) runs in its own mpirun, so ru_maxrss is that preset's own peak; in
@@ -65,11 +63,12 @@ from core.model import Model
 from data.errors import DataError
 from data.prepare import ensure_dataset
 from data.shards import read_epoch_shard, read_split
-from dist.comm import Comm, ExpectedError, install_abort_hook
-from dist.config import CONFIG_DIR, load_config
+from dist.comm import Comm, install_abort_hook
+from dist.config import CONFIG_DIR, KINDS, load_config
+from dist.errors import ExpectedError
 from dist.evaluate import evaluate
-from dist.train import build_model, build_optimizer, local_batch
-from dist.update import ShardedUpdate
+from dist.train import Clock, build_model, build_optimizer, local_batch, train_step
+from dist.update import make_update
 from launch.bench_table import PHASES, format_table, train_flops
 from launch.fakehosts import MPIRUN
 from launch.gemm_ceiling import record_matmuls, replay_seconds
@@ -88,11 +87,8 @@ def parse_args(argv):
     ap.add_argument("--seconds", type=float, default=1.0, help="target length of a timed block")
     ap.add_argument("--blocks", type=int, default=3, help="timed blocks per preset (best wins)")
     ap.add_argument("--eval-images", type=int, default=2000)
-    ap.add_argument("--no-shard", action="store_true",
-                    help="the plain update: allreduce, then every rank updates every parameter "
-                         "(default: dist.train's sharded update, dist/update.py)")
-    ap.add_argument("--no-shm", action="store_true",
-                    help="the sharded update over MPI collectives, not a shared-memory window")
+    ap.add_argument("--update", default="auto", choices=KINDS,
+                    help="the update kind (dist/update.py; default: dist.train's, by topology)")
     ap.add_argument("--layers", action="store_true",
                     help="instead: forward and backward ms of every layer, one process")
     ap.add_argument("--quick", action="store_true", help="tiny: for tests and a first look")
@@ -152,32 +148,21 @@ def bench_preset(comm: Comm, name: str, data_path: str, threads: int, args) -> d
     shard = read_epoch_shard(data_path, seed, 0, comm.rank, comm.size, batch,
                              split_seed=cfg.data.split_seed, val_size=cfg.data.val_size)
     opt, _ = build_optimizer(cfg, model, shard.steps)
-    update = ShardedUpdate(comm, model.theta, model.grad, opt, shard=not args.no_shard,
-                           shared_memory=not args.no_shm)
+    update = make_update(comm, model.theta, model.grad, opt, args.update)
     loss_fn, lr = LOSSES[cfg.model.loss], cfg.optim.lr * 0.1   # small lr: stays finite
     k = 0
 
     def step(times):
         nonlocal k
-        t0 = time.perf_counter()
+        clock = Clock()
         x, y, noise = local_batch(cfg, shard, k % shard.steps, epoch=0)
-        t1 = time.perf_counter()
-        out = model.forward(x, train=True, noise=noise)
-        t2 = time.perf_counter()
-        _, dout = loss_fn(out, y, divisor=batch)
-        model.backward(dout)
-        t3 = time.perf_counter()
-        update.reduce_gradient()
-        t4 = time.perf_counter()
-        update.step(lr)
-        t5 = time.perf_counter()
-        update.gather_parameters()
-        t6 = time.perf_counter()
+        clock.lap("data")
+        _, out = train_step(model, loss_fn, update, x, y, noise, lr, batch, clock)
         if not update.finite():
             raise FloatingPointError(f"{name}: non-finite parameters in the benchmark")
         (out.argmax(axis=1) == y).sum()                       # as the loop's accuracy tally
-        t7 = time.perf_counter()
-        times += np.array([t1 - t0, t2 - t1, t3 - t2, (t4 - t3) + (t6 - t5), (t5 - t4) + (t7 - t6)])
+        clock.lap("optimizer")
+        times += np.array([clock.seconds[p] for p in PHASES])
         k += 1
 
     for _ in range(2):                                         # warm-up: buffers, pages
@@ -203,12 +188,11 @@ def bench_preset(comm: Comm, name: str, data_path: str, threads: int, args) -> d
     update.close()
     update_ms = update_costs(comm, cfg, model, shard.steps, repeats=5 if args.quick else 50)
     eval_ips = eval_speed(comm, model, data_path, cfg, args.eval_images)
-    rss = comm.world.gather(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, root=0) \
-        if comm.size > 1 else [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]
+    rss = comm.gather(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     # After the peak memory is taken: the replay's operand copies are not training's memory.
     gemm_s = replay_seconds(matmuls, repeats=2 if args.quick else 10,
                             start=comm.wait_for_root, finish=comm.barrier)
-    gemm_s = max(comm.world.allgather(gemm_s)) if comm.size > 1 else gemm_s   # slowest rank
+    gemm_s = max(comm.allgather(gemm_s))                                      # slowest rank
     ips = steps * batch / wall
     flops = train_flops(model)
     return {"preset": name, "ranks": comm.size, "threads": threads, "batch_size": batch,
@@ -218,39 +202,32 @@ def bench_preset(comm: Comm, name: str, data_path: str, threads: int, args) -> d
             "split_ms": {p: 1e3 * float(s) for p, s in zip(PHASES, split)},
             "eval_images_per_s": eval_ips, "peak_rss_mib": max(rss) if rss else None,
             "rss_mib_per_rank": rss, "params": int(model.theta.size),
-            "augment": bool(cfg.data.augment), "sharded_update": update.shard,
-            "update_transport": transport, "update_ms": update_ms,
+            "augment": bool(cfg.data.augment), "update_transport": transport,
+            "update_ms": update_ms,
             "gemm_ms": 1e3 * gemm_s, "gemm_calls": len(matmuls),
             "gemm_gflops_per_rank": sum(c.flops for c in matmuls) / gemm_s / 1e9,
             "ceiling_images_per_s": batch / gemm_s}
 
 
 def update_costs(comm: Comm, cfg, model: Model, steps: int, repeats: int) -> dict:
-    """ms per step of the ways to apply the gradient, timed alone and in alternation (the same
-    moments of a noisy machine for all): "plain" = allreduce + SGD on every parameter,
-    "sharded_mpi" = MPI reduce-scatter + SGD on this rank's slice + MPI all-gather, "sharded" =
-    the same through a shared-memory window where the ranks share a node (dist/update.py).
-    On copies of theta and grad, with ranks started together; the slowest rank counts."""
+    """ms per step of every update kind of dist/update.py, timed alone and in alternation
+    (the same moments of a noisy machine for all), on copies of theta and grad, with ranks
+    started together; the slowest rank counts."""
     theta, grad = model.theta.copy(), np.full_like(model.grad, 1e-3)
-    ways = {}
-    for name, shard, shm in (("plain", False, False), ("sharded_mpi", True, False),
-                             ("sharded", True, True)):
-        opt, _ = build_optimizer(cfg, model, steps)
-        ways[name] = ShardedUpdate(comm, theta, grad, opt, shard=shard, shared_memory=shm)
-    best = {name: np.inf for name in ways}
+    kinds = ("allreduce", "sharded") + (("shared-memory",) if comm.single_node else ())
+    ways = {kind: make_update(comm, theta, grad, build_optimizer(cfg, model, steps)[0], kind)
+            for kind in kinds}
+    best = {kind: np.inf for kind in ways}
     for _ in range(5):
-        for name, update in ways.items():
+        for kind, update in ways.items():
             comm.wait_for_root()
             t = time.perf_counter()
             for _ in range(repeats):
                 update.reduce_gradient()
                 update.step(1e-6)
                 update.gather_parameters()
-            mine = (time.perf_counter() - t) / repeats
-            slowest = max(comm.world.allgather(mine)) if comm.size > 1 else mine
-            best[name] = min(best[name], 1e3 * slowest)
-    # How "sharded" travelled here: shared memory on one node, MPI collectives across nodes.
-    best["sharded_transport"] = ways["sharded"].transport
+            slowest = max(comm.allgather((time.perf_counter() - t) / repeats))
+            best[kind] = min(best[kind], 1e3 * slowest)
     for update in ways.values():
         update.close()
     return best

@@ -1,4 +1,4 @@
-"""Helpers of launch/bench.py: the `best` architecture fallback, FLOP counting, the table.
+"""Helpers of launch/bench.py: FLOP counting and the table.
 
 Training FLOPs per image.  Model.describe() gives forward FLOPs per sample (a multiply-add is
 2).  A dense or conv layer's backward is two GEMMs of the forward's size (dW = x^T dy and
@@ -55,12 +55,8 @@ def format_table(result: dict) -> str:
     for r in sorted(result["rows"], key=lambda r: (r["preset"], r["ranks"], r["threads"])):
         u = r.get("update_ms")
         if u and r["ranks"] > 1:
-            over_mpi = (f"sharded over MPI collectives {u['sharded_mpi']:.2f} ms, "
-                        if "sharded_mpi" in u else "")   # older files have two ways only
-            lines.append(f"# update alone, {r['preset']} at {r['ranks']} ranks: allreduce + full "
-                         f"SGD {u['plain']:.2f} ms, {over_mpi}sharded "
-                         f"({u.get('sharded_transport', 'MPI collectives')}) {u['sharded']:.2f} ms "
-                         f"({u['plain'] / u['sharded']:.2f}x)")
+            ways = ", ".join(f"{kind} {ms:.2f} ms" for kind, ms in u.items())
+            lines.append(f"# update alone, {r['preset']} at {r['ranks']} ranks: {ways}")
     return "\n".join(lines)
 
 

@@ -243,23 +243,21 @@ def ssh(argv: list[str]) -> int:
 
 # ---- a small MPI program to look at the placement ------------------------------------------------
 def probe() -> int:
-    from mpi4py import MPI
-    world = MPI.COMM_WORLD
-    node = world.Split_type(MPI.COMM_TYPE_SHARED)
-    local_size = node.Get_size()
-    node.Free()
-    total = world.allreduce(world.rank)           # some traffic between the ranks
     import numpy as np
-    buf = np.ones(1 << 16, dtype=np.float32)       # and a rendezvous-sized message
-    world.Allreduce(MPI.IN_PLACE, buf)
+
+    from dist.comm import Comm
+    comm = Comm()
+    ranks = comm.allgather(comm.rank)                 # some traffic between the ranks
+    buf = np.ones(1 << 16, dtype=np.float32)          # and a rendezvous-sized message
+    comm.allreduce_sum_(buf)
     ss = subprocess.run(["ss", "-tnpH", "state", "established"], capture_output=True,
                         text=True, timeout=10).stdout
     mine = ["->".join(line.split()[2:4]) for line in ss.splitlines()
             if f"pid={os.getpid()}," in line]
-    lines = [f"PROBE rank={world.rank} size={world.size} host={socket.gethostname()} "
-             f"local_size={local_size} sum_ok={total == world.size * (world.size - 1) // 2 and buf[0] == world.size} "
-             f"tcp={','.join(mine) or '-'}"]
-    for line in world.gather(lines[0]) or []:
+    sum_ok = sum(ranks) == comm.size * (comm.size - 1) // 2 and buf[0] == comm.size
+    line = (f"PROBE rank={comm.rank} size={comm.size} host={socket.gethostname()} "
+            f"local_size={comm.local_size} sum_ok={sum_ok} tcp={','.join(mine) or '-'}")
+    for line in comm.gather(line) or []:
         print(line, flush=True)
     return 0
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dist.comm import ExpectedError
+from dist.errors import ExpectedError
 from dist.evaluate import model_from_checkpoint, predict_scores, scores_to_proba
 from launch.images import MAX_IMAGE_PIXELS, ImageError, preprocess_file
 

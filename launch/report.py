@@ -32,7 +32,7 @@ from data.hdf5 import open_mnist
 from data.prepare import ensure_dataset
 from data.shards import read_split
 from dist.checkpoint import load_checkpoint
-from dist.comm import ExpectedError
+from dist.errors import ExpectedError
 from dist.evaluate import evaluate, model_from_checkpoint, predict_scores, scores_to_proba
 
 # The backend is chosen before pyplot is imported: files only, no display needed.

@@ -54,15 +54,15 @@ for n in (1001, 20):
     say(f"rank {comm.rank} sharded n {n} counts {counts.sum()} aligned {((displs % 16 == 0) | (counts == 0)).all()} "
         f"equal {np.array_equal(theta, expected)}")
 
-# The same update through the shared-memory window (dist/update.py), on an uneven vector, twice
-# in a row (the second step reuses the window): each rank's theta equals the allreduce's.
+# Every update kind (dist/update.py) on an uneven vector, twice in a row (the second step
+# reuses the shared-memory window): each rank's theta equals the plain allreduce's.
 from core.optim import SGD  # noqa: E402
-from dist.update import ShardedUpdate  # noqa: E402
+from dist.update import make_update  # noqa: E402
 n = 1001
 results = {}
-for shared in (False, True):
+for kind in ("allreduce", "sharded", "shared-memory"):
     theta, grad = np.zeros(n, np.float32), np.empty(n, np.float32)
-    update = ShardedUpdate(comm, theta, grad, SGD(n, momentum=0.5), shared_memory=shared)
+    update = make_update(comm, theta, grad, SGD(n, momentum=0.5), kind=kind)
     for step in range(2):
         grad[...] = np.arange(n, dtype=np.float32) * (comm.rank + 1) + step
         update.reduce_gradient()
@@ -70,6 +70,6 @@ for shared in (False, True):
         update.gather_parameters()
     results[update.transport] = theta
     update.close()
-# With 2 ranks both sums are of two numbers (bitwise equal); with more, the order may differ.
-equal = np.allclose(results["shared memory"], results["MPI collectives"], rtol=1e-6)
+# With 2 ranks every sum is of two numbers (bitwise equal); with more, the order may differ.
+equal = all(np.allclose(results["allreduce"], other, rtol=1e-6) for other in results.values())
 say(f"rank {comm.rank} transports {sorted(results)} equal {equal}")

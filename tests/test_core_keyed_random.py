@@ -6,7 +6,7 @@ stream, position) only -- not on the batch it sits in or the rank that holds it.
 import numpy as np
 import pytest
 
-from core.keyed_random import keyed_noise, keyed_normal, keyed_uniform, sample_keys
+from core.keyed_random import keyed_noise, keyed_uniform, sample_keys
 
 
 def test_same_key_same_numbers_regardless_of_batch():
@@ -48,9 +48,6 @@ def test_distribution():
     assert abs(u.mean() - 0.5) < 0.005 and abs(u.var() - 1 / 12) < 0.002
     hist = np.bincount((u * 10).astype(int).ravel(), minlength=10) / u.size
     assert np.all(np.abs(hist - 0.1) < 0.005)
-    z = keyed_normal(sample_keys(7, 0, np.arange(2000)), 1, (50,))
-    assert z.dtype == np.float32 and np.isfinite(z).all()
-    assert abs(z.mean()) < 0.02 and abs(z.std() - 1) < 0.02
 
 
 def test_keys_are_uint64_and_vectorized():

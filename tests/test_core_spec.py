@@ -112,15 +112,6 @@ def test_forward_input_shape_error():
         Model(SMALL).forward(np.zeros((2, 28, 28)), False)
 
 
-def test_predict_chunks_match_one_batch():
-    m = Model(SMALL)
-    x = np.random.default_rng(0).random((7, 28, 28, 1), dtype=np.float32)
-    p = m.predict_proba(x, batch_size=3)
-    np.testing.assert_allclose(p.sum(axis=1), 1, rtol=1e-5)
-    np.testing.assert_allclose(p, m.predict_proba(x, batch_size=100), rtol=1e-5, atol=1e-7)
-    assert m.predict(x).shape == (7,)
-
-
 def test_after_layer_hook_sees_every_output():
     m = Model(SMALL)
     seen = []
@@ -157,12 +148,3 @@ def test_float32_throughout():
     dx = m.backward(d, input_grad=True)
     assert dx.dtype == m.grad.dtype == m.state.dtype == np.float32
 
-
-def test_core_benchmark_measures_the_cnn_preset():
-    """core.bench_core repeats the cnn preset's layers (core/ reads no files): keep them equal."""
-    import tomllib
-    from pathlib import Path
-
-    from core.bench_core import CNN
-    preset = tomllib.loads((Path(__file__).parents[1] / "launch/configs/cnn.toml").read_text())
-    assert Model(CNN).spec == Model(preset["model"]["layers"]).spec

@@ -42,4 +42,4 @@ def test_waiting_ranks_sleep_and_allreduce_sums(ranks):
     for n, counts, aligned, equal in sharded:
         assert (counts, aligned, equal) == (n, "True", "True")
     transports = re.findall(r"rank \d+ transports (.*) equal (\w+)", out.stdout)
-    assert transports == [("['MPI collectives', 'shared memory']", "True")] * ranks, transports
+    assert transports == [("['allreduce', 'sharded', 'shared-memory']", "True")] * ranks, transports

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from dist.comm import ExpectedError
+from dist.errors import ExpectedError
 from dist.config import CONFIG_DIR, help_text, load_config, parse_override
 
 
