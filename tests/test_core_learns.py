@@ -54,7 +54,7 @@ def test_small_cnn_fits():
             {"type": "dense", "out": 10}]
     model, final = fit(spec, "xent", 120, 0.05, x, y)
     assert final < 0.05
-    assert (model.predict(x) == y).all()
+    assert (model.forward(x, train=False).argmax(axis=1) == y).all()
 
 
 def test_mlp_fits():
@@ -70,4 +70,4 @@ def test_classic_sigmoid_mse_fits():
             {"type": "dense", "out": 10}, {"type": "sigmoid"}]
     model, final = fit(spec, "mse", 200, 3.0, x, y, momentum=0.0)   # Nielsen's eta = 3, no momentum
     assert final < 0.05                               # 0.5 ||y - onehot||^2 per sample
-    assert (model.predict(x) == y).all()
+    assert (model.forward(x, train=False).argmax(axis=1) == y).all()
