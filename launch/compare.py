@@ -70,26 +70,30 @@ def candidate_members(spec: str) -> list[Path]:
     return members
 
 
-def validation_split(members: list[Path]) -> tuple[int, int]:
-    """(data.split_seed, data.val_size) that every member was trained with."""
+def data_settings(members: list[Path]) -> tuple[str | None, int, int]:
+    """(data.path, data.split_seed, data.val_size) of the members, which must share their
+    validation split; the path is the first member's (``--data`` overrides it)."""
     settings = {}
     for folder in members:
         data = load_checkpoint(folder / "best.h5").config.get("data", {})
-        settings[folder] = (data.get("split_seed", 0), data.get("val_size", 5000))
-    first, *_ = settings.items()
-    for folder, split in settings.items():
-        if split != first[1]:
+        settings[folder] = (data.get("path") or None, data.get("split_seed", 0),
+                            data.get("val_size", 5000))
+    (first, (path, *split)), *_ = settings.items()
+    for folder, (_, *theirs) in settings.items():
+        if theirs != split:
             raise ExpectedError(f"{folder}: trained with data.split_seed, data.val_size = "
-                                f"{split}, but {first[0]} with {first[1]}: their validation "
-                                "images differ")
-    return first[1]
+                                f"{tuple(theirs)}, but {first} with {tuple(split)}: their "
+                                "validation images differ")
+    return path, *split
 
 
 def compare(candidates: list[str], split: str, data: str | None, each: bool = False) -> list:
     """One result per candidate (and per member with ``each``), in the order given."""
     groups = {spec: candidate_members(spec) for spec in candidates}
     members = list(dict.fromkeys(m for group in groups.values() for m in group))
-    split_seed, val_size = validation_split(members)
+    path, split_seed, val_size = data_settings(members)
+    if data is None and path and Path(path).is_file():
+        data = path                    # where the members were trained; never prepared here
     images, labels, _ = read_split(ensure_dataset(data, quiet=True), split, split_seed, val_size)
     probas = {m: member_probabilities(m, images) for m in members}   # each member once
     rows = [(str(m), [m]) for m in members] if each else []
@@ -116,7 +120,8 @@ def main(argv=None) -> int:
                         help="val (the default) chooses; test only when you mean to look at "
                              "the test set, once per decision, after choosing on val")
     parser.add_argument("--data", default=None,
-                        help="MNIST HDF5 file (default: $MPIGRAD_DATA or the per-user cache)")
+                        help="MNIST HDF5 file (default: the first member's data.path if it "
+                             "exists, else $MPIGRAD_DATA or the per-user cache)")
     parser.add_argument("--each", action="store_true", help="also each member alone")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     args = parser.parse_args(argv)

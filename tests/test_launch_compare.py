@@ -12,7 +12,7 @@ from dist.evaluate import model_from_checkpoint, predict_scores
 from launch import compare
 from tests.dist_helpers import run_job, small_run_args
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(420)   # the first test trains the members (module fixture)
 
 
 @pytest.fixture(scope="module")
@@ -64,15 +64,16 @@ def test_figures_are_the_averaged_softmax_on_validation(runs, mnist_h5, capsys):
 
 
 def test_reads_the_test_split_only_when_asked(runs, mnist_h5, capsys, monkeypatch):
-    splits = []
+    reads = []
     real = compare.read_split
-    monkeypatch.setattr(compare, "read_split",
-                        lambda path, split, *a: splits.append(split) or real(path, split, *a))
-    code, out, err = run(capsys, runs / "ens", runs / "ens:0-1", "--data", mnist_h5)
-    assert code == 0 and splits == ["val"] and err == ""
+    monkeypatch.setattr(compare, "read_split", lambda path, split, *a:
+                        reads.append((str(path), split)) or real(path, split, *a))
+    # no --data: the file the members were trained on (their config's data.path)
+    code, out, err = run(capsys, runs / "ens", runs / "ens:0-1")
+    assert code == 0 and reads == [(str(mnist_h5), "val")] and err == ""
     assert "of 1000" in out and "lowest val log-loss" in out
     code, out, err = run(capsys, runs / "ens", "--split", "test", "--data", mnist_h5)
-    assert code == 0 and splits == ["val", "test"] and "of 10000" in out
+    assert code == 0 and [s for _, s in reads] == ["val", "test"] and "of 10000" in out
     assert "these are test figures" in err
 
 
