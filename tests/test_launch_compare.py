@@ -22,7 +22,7 @@ def runs(mnist_h5, tmp_path_factory):
     short = ("--set", "train.epochs=1")
     done = run_job(1, ["--members", "3", "--name", "ens",
                        *small_run_args(mnist_h5, folder, "ignored", *short)],
-                   module="dist.ensemble", timeout=200)
+                   module="dist.ensemble", timeout=300)
     assert done.returncode == 0, done.stderr
     done = run_job(1, small_run_args(mnist_h5, folder, "solo", *short, "--set", "train.seed=7"))
     assert done.returncode == 0, done.stderr
