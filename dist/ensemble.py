@@ -10,7 +10,7 @@ trainer (``dist.train.main`` on the group's communicator) with its own seed, ``t
 for member m, writing ``runs/<name>/member-<m>/``. ``--members K`` gives K members of the
 ``--preset``; ``--members best:6,best-pool:4`` gives members 0-5 of ``best`` and 6-9 of
 ``best-pool``: members of different networks may disagree more often, which is what an average
-needs (for these two it did not pay off: README, "Ensemble"). With fewer ranks than members a
+needs (for these two it did not pay off: launch/docs/results.md). With fewer ranks than members a
 group trains several members one after another. The members still to train are dealt out by
 the epochs they need, so that kept members do not leave a group idle while another trains
 several; a half-trained member goes to a group of as many ranks as it started on, and resumes
@@ -53,15 +53,17 @@ from dist.config import DEFAULT_PRESET, load_config
 from dist.evaluate import model_from_checkpoint, predict_scores, scores_to_proba
 
 
-def ensemble_accuracy(member_dirs: list[Path], images: np.ndarray, labels: np.ndarray) -> dict:
-    """Accuracy of each member's best.h5 and of their averaged probabilities."""
-    probas = []
-    for folder in member_dirs:
-        model, ckpt = model_from_checkpoint(folder / "best.h5")
-        # Each member's own loss says how its outputs become probabilities (softmax or
-        # normalised sigmoids): members of different presets can differ in it.
-        probas.append(scores_to_proba(predict_scores(model, images),
-                                      ckpt.config["model"]["loss"]))
+def member_probabilities(folder: Path, images: np.ndarray) -> np.ndarray:
+    """Class probabilities (N, 10) of a member's best.h5 (the epoch validation chose)."""
+    model, ckpt = model_from_checkpoint(folder / "best.h5")
+    # Each member's own loss says how its outputs become probabilities (softmax or
+    # normalised sigmoids): members of different presets can differ in it.
+    return scores_to_proba(predict_scores(model, images), ckpt.config["model"]["loss"])
+
+
+def average_accuracy(probas: list[np.ndarray], labels: np.ndarray) -> dict:
+    """Accuracy of each member and of their averaged probabilities, the average's log-loss,
+    and how the errors overlap."""
     labels = labels.astype(np.int64)
     mean = np.mean(probas, axis=0)
     wrong = np.array([p.argmax(1) != labels for p in probas])   # (members, images)
@@ -74,6 +76,11 @@ def ensemble_accuracy(member_dirs: list[Path], images: np.ndarray, labels: np.nd
                        "by_every_member": int(wrong.all(axis=0).sum()),
                        "by_most_members": int((2 * wrong.sum(axis=0) > len(probas)).sum()),
                        "by_any_member": int(wrong.any(axis=0).sum())}}
+
+
+def ensemble_accuracy(member_dirs: list[Path], images: np.ndarray, labels: np.ndarray) -> dict:
+    """Accuracy of each member's best.h5 and of their averaged probabilities."""
+    return average_accuracy([member_probabilities(f, images) for f in member_dirs], labels)
 
 
 def member_state(folder: Path) -> str:
