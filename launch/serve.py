@@ -32,7 +32,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from dist.comm import ExpectedError
+from dist.errors import ExpectedError
 from launch.images import MAX_IMAGE_PIXELS, ImageError, preprocess_file
 from launch.predict import Classifier, add_max_pixels_option, load_classifier
 
