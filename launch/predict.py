@@ -117,11 +117,11 @@ class Classifier:
         for member in members:
             found = checkpoint_in(member)
             if found is None:
-                raise ExpectedError(f"{member}: ensemble member without best.h5 (still training?)")
+                raise ExpectedError(f"{member}: ensemble member without best.h5 or model.h5 "
+                                    "(still training?)")
             files.append(found)
         if not members:
             files = [checkpoint_in(path) or path] if path.is_dir() else [path]
-        self.source = path
         self.models = []   # (model, loss)
         for file in files:   # load_checkpoint handles folders without best.h5, missing files
             model, ckpt = model_from_checkpoint(file)
