@@ -74,6 +74,8 @@ class DigitHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path.split("?")[0] in ("/", "/index.html"):
             self.send_body(HTTPStatus.OK, self.server.page, "text/html; charset=utf-8")
+        elif self.path == "/favicon.ico":      # browsers ask for it; there is none
+            self.send_body(HTTPStatus.NO_CONTENT, b"", "image/x-icon")
         else:
             self.send_json(HTTPStatus.NOT_FOUND, {"error": f"no such page: {self.path}"})
 
@@ -131,10 +133,11 @@ class DigitHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args) -> None:
-        """Quiet: a live drawing sends a request per stroke. Errors (4xx/5xx) are still shown."""
-        if len(args) > 1 and str(args[1])[:1] in "45":
-            super().log_message(format, *args)
+    def log_request(self, code="-", size="-") -> None:
+        """Quiet: a live drawing sends a request per stroke, and the page shows the user's
+        errors (4xx; a stroke just begun may be "blank"). Only our own failures (5xx) show."""
+        if str(int(code) if isinstance(code, HTTPStatus) else code).startswith("5"):
+            super().log_request(code, size)
 
 
 def main(argv=None) -> int:

@@ -98,7 +98,8 @@ def test_page_is_served_whole_and_needs_no_network(server, trained_run):
     for outside in ("http:", "https:", "//cdn", "<link", "@import", "url(", "<script src"):
         assert outside not in page, outside
     assert "{{" not in page
-    assert request(server, "GET", "/favicon.ico")[0] == 404
+    assert request(server, "GET", "/favicon.ico")[0] == 204
+    assert request(server, "GET", "/elsewhere")[0] == 404
 
 
 def test_photo_upload_answers_as_launch_predict(server, trained_run, mnist_h5, tmp_path,
