@@ -34,7 +34,18 @@ import time
 import traceback
 
 import numpy as np
-from mpi4py import MPI
+
+# Open MPI (the `openmpi` extra) reads MCA parameters from OMPI_MCA_* variables when MPI starts,
+# i.e. at the import of mpi4py.MPI below; MPICH never looks at them. Without UCX hardware, Open
+# MPI's UCX one-sided component fails its query and every rank prints "OSC UCX component
+# priority set inside component query failed". mpigrad's only one-sided use is the shared-memory
+# window of one node (shared_vectors), which Open MPI's `sm` component serves, so the UCX one is
+# left out. A value the user sets wins.
+OPEN_MPI_DEFAULTS = {"OMPI_MCA_osc": "^ucx"}
+for _key, _value in OPEN_MPI_DEFAULTS.items():
+    os.environ.setdefault(_key, _value)
+
+from mpi4py import MPI  # noqa: E402  (starts MPI: after the defaults above)
 
 from data.errors import DataError
 from dist.errors import ExpectedError

@@ -87,6 +87,8 @@ class RunConfig:
     keep_last: int = _f(3, "checkpoints to keep (plus best.h5)")
     threads: int = _f(0, "BLAS threads per rank (0 = cores per node / ranks per node)")
     progress: bool = _f(True, "tqdm progress bar on rank 0 (only when on a terminal)")
+    tensorboard: bool = _f(False, "also write each epoch's metrics as TensorBoard event files "
+                           "(dist/tensorboard.py)")
 
 
 @dataclass

@@ -45,6 +45,7 @@ from dist.config import help_text, load_config
 from dist.debug import debug_first_step, forward_checked
 from dist.errors import ExpectedError
 from dist.evaluate import evaluate, model_from_checkpoint
+from dist.tensorboard import open_log
 from dist.update import make_update
 
 
@@ -232,6 +233,9 @@ class RootWork:
         split = (cfg.data.split_seed, cfg.data.val_size)
         self.val_set = read_split(data_path, "val", *split) if comm.is_root else None
         self.test_set = read_split(data_path, "test", *split) if comm.is_root else None
+        # run.tensorboard: rank 0 writes the curves; a missing writer stops every rank here.
+        self.tensorboard = comm.collectively(open_log, run_dir,
+                                             cfg.run.tensorboard and comm.is_root)
 
     def checkpoint(self, progress: Progress, also_best: bool = False) -> None:
         m, cfg = self.model, self.cfg
@@ -269,6 +273,8 @@ class RootWork:
         record["seconds"] = {**split_of(clock), "train": record["seconds"]["train"],
                              "wall": time.perf_counter() - self.start}
         rundir.append_metrics(self.run_dir, record)
+        if self.tensorboard:
+            self.tensorboard.write(record)
         print(rundir.epoch_line(record, cfg.train.epochs), flush=True)
         return stop
 
@@ -282,6 +288,8 @@ class RootWork:
             "best_val_acc": progress.best_metric, "test_acc": test["acc"],
             "test_loss": test["loss"], "wall_seconds": time.perf_counter() - self.start,
             "world_size": self.comm.size, "threads": threads, "preset": self.cfg.preset})
+        if self.tensorboard:
+            self.tensorboard.close()
 
 
 def split_of(clock: Clock) -> dict:

@@ -22,6 +22,7 @@ Try it: python -m launch.predict CKPT photo.jpg --save-preprocessed seen/
 """
 from __future__ import annotations
 
+import io
 import warnings
 from collections import deque
 from pathlib import Path
@@ -45,16 +46,21 @@ class ImageError(ValueError):
 
 # -- loading ----------------------------------------------------------------------------------
 
-def load_gray(path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """Grayscale float64 array in 0..1 (H, W), long side at most WORK_SIDE."""
-    path = Path(path)
-    if path.stat().st_size == 0:
+def load_gray(source, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Grayscale float64 array in 0..1 (H, W), long side at most WORK_SIDE. `source` is a file
+    path, or a file's bytes (an upload to launch.serve)."""
+    if isinstance(source, bytes):
+        empty, source = not source, io.BytesIO(source)
+    else:
+        source = Path(source)
+        empty = source.stat().st_size == 0
+    if empty:
         raise ImageError("empty image")
     Image.MAX_IMAGE_PIXELS = max_pixels     # Pillow warns above this and refuses above twice it
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 if img.format == "JPEG":    # decode big JPEGs at 1/2..1/8 scale: much faster
                     img.draft("RGB", (2 * WORK_SIDE, 2 * WORK_SIDE))
                 img.load()
@@ -276,6 +282,7 @@ def preprocess_gray(gray: np.ndarray) -> np.ndarray:
     return to_mnist(ink, find_ink(ink, noise))
 
 
-def preprocess_file(path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """An image file -> MNIST-style uint8 (28, 28); ImageError with the reason otherwise."""
-    return preprocess_gray(load_gray(path, max_pixels))
+def preprocess_file(source, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """An image file (its path or its bytes) -> MNIST-style uint8 (28, 28); ImageError with the
+    reason otherwise."""
+    return preprocess_gray(load_gray(source, max_pixels))

@@ -3,6 +3,8 @@
     python -m launch.predict runs/<name>/best.h5 photo.jpg scan.png drawings/
     python -m launch.predict runs/<name> digit.png --json --top 5
     python -m launch.predict runs/<name>/best.h5 photos/ --save-preprocessed seen/
+    python -m launch.predict runs/<ensemble name> digit.png     # members' averaged probabilities
+    python -m launch.predict digit.png                          # the model shipped in launch/models
 
 Any format Pillow reads (PNG, JPEG, BMP, GIF, TIFF, WebP, ...), any size, dark ink on light
 paper or the reverse. Each image is turned into what MNIST digits look like (launch/images.py:
@@ -15,6 +17,10 @@ Output: one line per image, `path: digit  (d p, d p, d p)` with the top-K probab
 with --json one JSON object per line. A file that cannot be classified is one line on stderr,
 `error: <file>: <reason>`, and the others are still classified. Exit code 0 if every image was
 classified, 1 if some failed, 2 if the checkpoint cannot be used.
+
+The model: a checkpoint file (.h5), a run folder (its best.h5), an ensemble folder (its members'
+best.h5, probabilities averaged as dist.ensemble does) or, when the first argument is none of
+these, the model shipped in launch/models/ (one line on stderr says so).
 """
 from __future__ import annotations
 
@@ -58,12 +64,91 @@ def expand_inputs(args: list[str]) -> tuple[list[Path], list[str]]:
     return files, errors
 
 
-def resolve_model_path(arg: str) -> Path:
-    """A run folder means its best.h5 (the one validation chose), else a checkpoint file."""
+# The model shipped in the repository, used when no checkpoint is named: one compact checkpoint
+# (best/model.h5), or an ensemble (ensemble/member-*/model.h5). $MPIGRAD_MODELS points elsewhere.
+SHIPPED_MODELS = Path(__file__).resolve().parent / "models"
+HOW_TO_GET_A_MODEL = ("no model: name a checkpoint or run folder, or train one with "
+                      "`mpirun -n 2 python -m dist.train --preset best` and pass its run folder "
+                      "(runs/<name>)")
+
+
+def checkpoint_in(folder: Path) -> Path | None:
+    """The checkpoint a folder stands for: best.h5 (chosen on validation), or model.h5 (a
+    shipped model); None if it has neither."""
+    return next((folder / name for name in ("best.h5", "model.h5")
+                 if (folder / name).is_file()), None)
+
+
+def ensemble_members(folder: Path) -> list[Path]:
+    """The member folders of an ensemble folder (dist.ensemble's member-0, member-1, ...)."""
+    members = [p for p in folder.glob("member-*") if p.is_dir() and p.name[7:].isdigit()]
+    return sorted(members, key=lambda p: int(p.name[7:]))
+
+
+def is_model_path(arg: str) -> bool:
+    """Does a command-line argument name a model rather than images? A .h5 file, a run folder,
+    a shipped model's folder or an ensemble folder."""
     path = Path(arg)
-    if path.is_dir() and (path / "best.h5").is_file():
-        return path / "best.h5"
-    return path   # load_checkpoint handles folders without best.h5 and reports missing files
+    if path.suffix.lower() in (".h5", ".hdf5"):
+        return True
+    return path.is_dir() and (checkpoint_in(path) is not None or bool(ensemble_members(path))
+                              or any(path.glob("ckpt-e*-s*.h5")))
+
+
+def shipped_model(models_dir: str | Path | None = None) -> Path | None:
+    """The shipped model's folder (the single model first: faster than an ensemble), or None."""
+    folder = Path(models_dir or os.environ.get("MPIGRAD_MODELS") or SHIPPED_MODELS)
+    for candidate in (folder / "best", folder / "ensemble"):
+        if candidate.is_dir() and is_model_path(str(candidate)):
+            return candidate
+    return None
+
+
+class Classifier:
+    """A checkpoint, or an ensemble's members, as one function: images -> probabilities.
+
+    An ensemble averages its members' class probabilities, as dist.ensemble does; each member's
+    own loss says how its outputs become probabilities."""
+
+    def __init__(self, source: str | Path):
+        path = Path(source)
+        members = ensemble_members(path) if path.is_dir() and not checkpoint_in(path) else []
+        files = []
+        for member in members:
+            found = checkpoint_in(member)
+            if found is None:
+                raise ExpectedError(f"{member}: ensemble member without best.h5 or model.h5 "
+                                    "(still training?)")
+            files.append(found)
+        if not members:
+            files = [checkpoint_in(path) or path] if path.is_dir() else [path]
+        self.models = []   # (model, loss)
+        for file in files:   # load_checkpoint handles folders without best.h5, missing files
+            model, ckpt = model_from_checkpoint(file)
+            self.models.append((model, ckpt.config.get("model", {}).get("loss", "xent")))
+        self.path = files[0] if len(files) == 1 else path
+
+    def describe(self) -> str:
+        n = len(self.models)
+        return str(self.path) + (f" (ensemble of {n} members)" if n > 1 else "")
+
+    def proba(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, 10) of uint8 MNIST-style images (N, 28, 28)."""
+        return np.mean([scores_to_proba(predict_scores(model, images), loss)
+                        for model, loss in self.models], axis=0)
+
+
+def load_classifier(source: str | None, models_dir=None, say=print) -> Classifier:
+    """The named model, else the shipped one (saying so in one line); ExpectedError saying how to
+    get a model when there is neither."""
+    if source is None:
+        found = shipped_model(models_dir)
+        if found is None:
+            raise ExpectedError(HOW_TO_GET_A_MODEL)
+        classifier = Classifier(found)
+        say(f"no checkpoint named: using the shipped model {classifier.describe()}")
+        return classifier
+    return Classifier(source)
 
 
 def save_preprocessed(folder: Path, source: Path, image: np.ndarray, used: set[str]) -> None:
@@ -92,32 +177,40 @@ def as_json(path: Path, proba: np.ndarray, top: int) -> str:
                        "proba": [round(float(p), 6) for p in proba]})
 
 
+def add_max_pixels_option(parser: argparse.ArgumentParser) -> None:
+    """--max-pixels, shared with launch.serve."""
+    parser.add_argument("--max-pixels", type=int,
+                        default=int(os.environ.get("MPIGRAD_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS)),
+                        help="refuse larger images as possible decompression bombs (default "
+                             "%(default)s; env MPIGRAD_MAX_IMAGE_PIXELS)")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m launch.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="checkpoint file, or a run folder (its best.h5)")
-    parser.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR",
-                        help="image files, or folders of image files")
+    parser.add_argument("inputs", nargs="+", metavar="[CHECKPOINT] IMAGE_OR_DIR",
+                        help="a checkpoint file, run folder (its best.h5) or ensemble folder "
+                             "(default: the shipped model), then image files or folders of them")
     parser.add_argument("--json", action="store_true", help="one JSON object per image")
     parser.add_argument("--top", type=int, default=3, metavar="K",
                         help="how many most likely digits to show (default 3)")
     parser.add_argument("--save-preprocessed", metavar="DIR",
                         help="write the 28x28 images the network saw into DIR")
-    parser.add_argument("--max-pixels", type=int,
-                        default=int(os.environ.get("MPIGRAD_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS)),
-                        help="refuse larger images as possible decompression bombs (default "
-                             "%(default)s; env MPIGRAD_MAX_IMAGE_PIXELS)")
+    add_max_pixels_option(parser)
     args = parser.parse_args(argv)
     top = min(max(args.top, 1), 10)
 
+    named = args.inputs[0] if is_model_path(args.inputs[0]) else None
+    images = args.inputs[1:] if named else args.inputs
+    if not images:
+        parser.error("no images to classify")
     try:
-        model, ckpt = model_from_checkpoint(resolve_model_path(args.checkpoint))
+        classifier = load_classifier(named, say=lambda line: print(line, file=sys.stderr))
     except ExpectedError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    loss = ckpt.config.get("model", {}).get("loss", "xent")
 
-    files, errors = expand_inputs(args.images)
+    files, errors = expand_inputs(images)
     for line in errors:
         print(line, file=sys.stderr)
     out_dir = Path(args.save_preprocessed) if args.save_preprocessed else None
@@ -136,7 +229,7 @@ def main(argv=None) -> int:
             print(f"error: {path}: cannot read ({err.strerror or err})", file=sys.stderr)
             failed += 1
             continue
-        proba = scores_to_proba(predict_scores(model, image[None]), loss)[0]
+        proba = classifier.proba(image[None])[0]
         print(as_json(path, proba, top) if args.json else format_line(path, proba, top),
               flush=True)
         if out_dir is not None:

@@ -17,6 +17,20 @@ REPO = Path(__file__).resolve().parents[1]
 MPIRUN = str(Path(sys.executable).parent / "mpirun") \
     if (Path(sys.executable).parent / "mpirun").exists() else shutil.which("mpirun")
 
+
+def mpirun_flags(mpirun: str | None = MPIRUN) -> list[str]:
+    """Open MPI's mpirun refuses more ranks than cores (the tests start 4 ranks on 2-core
+    machines) and refuses to run as root (CI): the flags that allow both, as MPICH does."""
+    if mpirun is None:
+        return []
+    version = subprocess.run([mpirun, "--version"], capture_output=True, text=True).stdout
+    if "Open MPI" not in version:
+        return []
+    return ["--oversubscribe"] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
+
+
+MPIRUN_CMD = [MPIRUN, *mpirun_flags()]
+
 # A small network with every kind of randomness and cross-rank coupling the invariants care
 # about: batch norm (synchronised statistics) and dropout (masks keyed by global sample index).
 SMALL_LAYERS = ('[{type="conv",out=8,kernel=3,pad=1},{type="batchnorm"},{type="relu"},'
@@ -47,7 +61,7 @@ def train_command(ranks: int, args: list[str], module: str = "dist.train") -> li
     """``python -m dist.train`` for 1 rank (the debugging mode), ``mpirun -n N ...`` otherwise."""
     cmd = [sys.executable, "-m", module, *args] if module.startswith("dist.") \
         else [sys.executable, module, *args]
-    return cmd if ranks == 1 else [MPIRUN, "-n", str(ranks), *cmd]
+    return cmd if ranks == 1 else [*MPIRUN_CMD, "-n", str(ranks), *cmd]
 
 
 def run_job(ranks: int, args: list[str], timeout: float = 120, module: str = "dist.train"):
@@ -71,7 +85,8 @@ def rel_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def rank_pids(marker: str) -> list[int]:
-    """PIDs of the MPI ranks (children of hydra's proxy) whose command line contains marker."""
+    """PIDs of the MPI ranks (children of MPICH hydra's proxy, or of Open MPI's prterun/prted)
+    whose command line contains marker."""
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -82,10 +97,21 @@ def rank_pids(marker: str) -> list[int]:
             parent = (Path("/proc") / str(ppid) / "comm").read_text().strip()
         except (OSError, ValueError, IndexError):
             continue
-        if marker in cmdline and "proxy" in parent:
+        if marker in cmdline and ("proxy" in parent or parent in ("prterun", "prted")):
             pids.append(int(proc.name))
     return sorted(pids)
 
 
 def error_lines(stderr: str) -> list[str]:
-    return [ln for ln in stderr.splitlines() if ln.strip()]
+    """The non-empty lines of a job's stderr, less the box Open MPI's launcher adds when a rank
+    exits non-zero ("prterun detected that one or more processes exited with non-zero status",
+    between two lines of dashes): that one is the launcher's, not mpigrad's."""
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    rule = "-" * 74
+    while rule in lines:
+        start = lines.index(rule)
+        end = lines.index(rule, start + 1) if rule in lines[start + 1:] else len(lines) - 1
+        if not any("prterun detected" in ln for ln in lines[start:end]):
+            break
+        del lines[start:end + 1]
+    return lines

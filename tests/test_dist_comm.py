@@ -9,14 +9,14 @@ import sys
 
 import pytest
 
-from tests.dist_helpers import MPIRUN, REPO, env
+from tests.dist_helpers import MPIRUN_CMD, REPO, env
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.mark.parametrize("ranks", [2, 4])
 def test_waiting_ranks_sleep_and_allreduce_sums(ranks):
-    out = subprocess.run([MPIRUN, "-n", str(ranks), sys.executable, "tests/comm_probe.py"],
+    out = subprocess.run([*MPIRUN_CMD, "-n", str(ranks), sys.executable, "tests/comm_probe.py"],
                          cwd=REPO, env=env(), capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     rows = re.findall(r"rank (\d+) waited ([\d.]+)s cpu ([\d.]+)s sum (\d+)", out.stdout)

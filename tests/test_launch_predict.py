@@ -235,3 +235,29 @@ def test_exif_orientation_transparency_and_16_bit(tmp_path):
     for name in ("phone.jpg", "app.png", "scan16.png"):
         other = preprocess_file(tmp_path / name).astype(int)
         assert np.abs(other - plain).mean() < 4, name
+
+
+def test_without_a_checkpoint_the_shipped_model_answers(trained_run, test_digits, tmp_path,
+                                                        monkeypatch, capsys):
+    """launch/models/best/model.h5 (here a copy of a run's best.h5 in $MPIGRAD_MODELS) is used
+    when no checkpoint is named, with one line saying so; without it, one line says how to get
+    a model, exit 2."""
+    import shutil
+    image = tmp_path / "digit.png"
+    make_photo(test_digits[0][0], np.random.default_rng(5)).save(image)
+    models = tmp_path / "models"
+    monkeypatch.setenv("MPIGRAD_MODELS", str(models))
+    code, out, err = run_predict(capsys, image)
+    assert (code, out) == (2, "")
+    assert err == f"error: {predict.HOW_TO_GET_A_MODEL}\n"
+    assert "mpirun -n 2 python -m dist.train --preset best" in err
+
+    (models / "best").mkdir(parents=True)
+    shutil.copy(trained_run / "best.h5", models / "best" / "model.h5")
+    shutil.copy(trained_run / "config.json", models / "best" / "config.json")
+    code, out, err = run_predict(capsys, image)
+    assert code == 0
+    assert err == (f"no checkpoint named: using the shipped model "
+                   f"{models / 'best' / 'model.h5'}\n")
+    _, named, _ = run_predict(capsys, trained_run, image)
+    assert out == named and out.startswith(f"{image}: {test_digits[1][0]}  (")
