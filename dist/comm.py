@@ -38,6 +38,7 @@ from mpi4py import MPI
 
 from data.errors import DataError
 from dist.errors import ExpectedError
+from dist.shm import unlink_mapped
 
 
 # Waiting on a non-blocking request: first spin briefly (a balanced allreduce of a small model
@@ -302,6 +303,7 @@ def install_abort_hook(comm: Comm) -> None:
         sys.stderr.write(f"[rank {comm.rank}] unhandled exception, aborting the MPI job:\n")
         traceback.print_exception(exc_type, exc, tb, file=sys.stderr)
         sys.stderr.flush()
+        unlink_mapped()   # MPI_Abort skips MPI_Finalize, which would remove MPICH's /dev/shm file
         comm.abort(1)
 
     sys.excepthook = hook
@@ -319,12 +321,14 @@ def run_main(main, argv=None) -> int:
     except ExpectedError as err:
         if comm.size > 1 and not err.everywhere:
             print(f"error: {err} (rank {comm.rank})", file=sys.stderr, flush=True)
+            unlink_mapped()
             comm.abort(2)
         if comm.is_root:
             print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
         if comm.size > 1:
+            unlink_mapped()
             comm.abort(130)
         return 130
     return 0

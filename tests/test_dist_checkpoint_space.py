@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from dist import checkpoint as ck
-from dist.comm import ExpectedError
+from dist.errors import ExpectedError
 
 P = 50_000          # parameters: a checkpoint of ~400 kB (theta and velocity)
 
