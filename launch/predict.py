@@ -66,6 +66,22 @@ def resolve_model_path(arg: str) -> Path:
     return path   # load_checkpoint handles folders without best.h5 and reports missing files
 
 
+def pixel_limit(flag: str | None) -> int:
+    """The decompression-bomb limit: --max-pixels, else $MPIGRAD_MAX_IMAGE_PIXELS, else the
+    default; a positive whole number, or one line naming where the bad value came from."""
+    where, text = ("--max-pixels", flag) if flag is not None else \
+        ("MPIGRAD_MAX_IMAGE_PIXELS", os.environ.get("MPIGRAD_MAX_IMAGE_PIXELS"))
+    if text is None:
+        return MAX_IMAGE_PIXELS
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ExpectedError(f"{where}={text!r}: must be a positive whole number of pixels")
+    return value
+
+
 def save_preprocessed(folder: Path, source: Path, image: np.ndarray, used: set[str]) -> None:
     """Write `<source name>.png` (28x28) and an enlarged copy; unique names within one run."""
     name, n = source.name, 1
@@ -103,31 +119,38 @@ def main(argv=None) -> int:
                         help="how many most likely digits to show (default 3)")
     parser.add_argument("--save-preprocessed", metavar="DIR",
                         help="write the 28x28 images the network saw into DIR")
-    parser.add_argument("--max-pixels", type=int,
-                        default=int(os.environ.get("MPIGRAD_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS)),
-                        help="refuse larger images as possible decompression bombs (default "
-                             "%(default)s; env MPIGRAD_MAX_IMAGE_PIXELS)")
+    parser.add_argument("--max-pixels", metavar="N",
+                        help=f"refuse larger images as possible decompression bombs (default "
+                             f"{MAX_IMAGE_PIXELS}; env MPIGRAD_MAX_IMAGE_PIXELS)")
     args = parser.parse_args(argv)
     top = min(max(args.top, 1), 10)
 
     try:
+        max_pixels = pixel_limit(args.max_pixels)
+        out_dir = Path(args.save_preprocessed) if args.save_preprocessed else None
+        if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+            raise ExpectedError(f"--save-preprocessed {out_dir}: exists and is not a folder; "
+                                f"nothing is written over it")
         model, ckpt = model_from_checkpoint(resolve_model_path(args.checkpoint))
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
     except ExpectedError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"error: --save-preprocessed {out_dir}: cannot create ({err.strerror or err})",
+              file=sys.stderr)
         return 2
     loss = ckpt.config.get("model", {}).get("loss", "xent")
 
     files, errors = expand_inputs(args.images)
     for line in errors:
         print(line, file=sys.stderr)
-    out_dir = Path(args.save_preprocessed) if args.save_preprocessed else None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     failed = len(errors)
     for path in files:   # one at a time: a result appears as soon as its image is ready
         try:
-            image = preprocess_file(path, args.max_pixels)
+            image = preprocess_file(path, max_pixels)
         except ImageError as err:
             print(f"error: {path}: {err}", file=sys.stderr, flush=True)
             failed += 1
