@@ -247,6 +247,15 @@ class Comm:
         """Every rank's small Python object, as a list on every rank."""
         return self.world.allgather(obj) if self.size > 1 else [obj]
 
+    def start_allreduce_max(self, send: np.ndarray, recv: np.ndarray) -> MPI.Request:
+        """Start a non-blocking elementwise max of ``send`` into ``recv`` over all ranks
+        (dist/stop.py: the stop flag). Leave both buffers alone until ``wait``."""
+        return self.world.Iallreduce(send, recv, op=MPI.MAX)
+
+    def wait(self, request: MPI.Request) -> None:
+        """Complete a request from ``start_allreduce_max`` (without spinning a core)."""
+        self._wait(request)
+
     def abort(self, code: int = 1) -> None:
         self.world.Abort(code)
 
