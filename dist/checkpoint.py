@@ -7,6 +7,7 @@ Layout of ``runs/<name>/ckpt-e003-s00000.h5`` (``h5ls -r`` shows it)::
     /velocity  (P,) float32   the optimizer's momentum
     attributes: format, version, epoch, step (position: next step to run is `step` of `epoch`),
                 global_step, best_metric, best_epoch, bad_epochs (early-stopping counter),
+                epoch_totals (the epoch's loss sum, correct, samples so far),
                 config (resolved config, JSON), spec (model spec, JSON), data_fingerprint,
                 world_size, created
 
@@ -35,7 +36,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -64,6 +65,8 @@ class Checkpoint:
     spec: list
     data_fingerprint: str
     world_size: int
+    epoch_totals: list = field(default_factory=lambda: [0.0, 0.0, 0.0])  # loss sum, correct,
+    # samples of the epoch so far over all ranks, so that a resumed epoch is logged whole
 
 
 def checkpoint_name(epoch: int, step: int) -> str:
@@ -105,6 +108,7 @@ def _write_hdf5(tmp: Path, ckpt: Checkpoint) -> None:
             "bad_epochs": ckpt.bad_epochs,
             "config": json.dumps(ckpt.config), "spec": json.dumps(ckpt.spec),
             "data_fingerprint": ckpt.data_fingerprint, "world_size": ckpt.world_size,
+            "epoch_totals": np.asarray(ckpt.epoch_totals, np.float64),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         })
         f.flush()
@@ -277,7 +281,7 @@ def _check_declared_shape(path: Path, name: str, dataset) -> None:
 
 def _attributes(path: Path, a: dict) -> dict:
     """The counters and metadata, each checked: a negative epoch must not reach
-    trim_metrics (it would empty metrics.jsonl), a config must be a table."""
+    rundir.reopen (it would empty metrics.jsonl), a config must be a table."""
     a = {k: v.item() if isinstance(v, np.generic) else v for k, v in a.items()}
     def integer(key: str, low: int) -> int:
         value = a[key]
@@ -293,13 +297,16 @@ def _attributes(path: Path, a: dict) -> dict:
     if not isinstance(best, (float, int)) or math.isnan(best) or best > 1:
         raise ExpectedError(f"{path}: attribute best_metric={best!r} must be an accuracy or -inf")
     config, spec = json.loads(text("config")), json.loads(text("spec"))
+    totals = [float(v) for v in np.ravel(a.get("epoch_totals", (0.0, 0.0, 0.0)))]  # older: none
+    if len(totals) != 3 or not all(math.isfinite(v) and v >= 0 for v in totals[1:]):
+        raise ExpectedError(f"{path}: attribute epoch_totals={totals!r} must be 3 numbers")
     if not isinstance(config, dict) or not isinstance(spec, list):
         raise ExpectedError(f"{path}: attributes config/spec must be a JSON table and list")
     out = dict(epoch=integer("epoch", 0), step=integer("step", 0),
                global_step=integer("global_step", 0), best_metric=float(best),
                best_epoch=integer("best_epoch", -1), bad_epochs=integer("bad_epochs", 0),
                config=config, spec=spec, data_fingerprint=text("data_fingerprint"),
-               world_size=integer("world_size", 1))
+               world_size=integer("world_size", 1), epoch_totals=totals)
     if out["global_step"] < out["step"] or out["best_epoch"] > out["epoch"]:
         raise ExpectedError(f"{path}: attributes disagree (step {out['step']} > global_step "
                             f"{out['global_step']}, or best_epoch after epoch)")

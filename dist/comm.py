@@ -322,11 +322,12 @@ def run_main(main, argv=None) -> int:
     """Run ``main(comm, argv)`` with MPI-aware error handling; returns the exit code.
 
     ExpectedError -> rank 0 prints ``error: ...`` once; every rank exits 2.
-    Anything else -> the abort hook (traceback from the failing rank, whole job ends)."""
+    Anything else -> the abort hook (traceback from the failing rank, whole job ends).
+    Otherwise main's own exit code (dist/stop.py: 128 + signal after a graceful stop)."""
     comm = Comm()
     install_abort_hook(comm)
     try:
-        main(comm, argv)
+        code = main(comm, argv)
     except ExpectedError as err:
         if comm.size > 1 and not err.everywhere:
             print(f"error: {err} (rank {comm.rank})", file=sys.stderr, flush=True)
@@ -340,7 +341,7 @@ def run_main(main, argv=None) -> int:
             unlink_mapped()
             comm.abort(130)
         return 130
-    return 0
+    return code or 0
 
 
 def _demo() -> None:
