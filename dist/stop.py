@@ -29,6 +29,7 @@ signal (SIGINT 130, SIGUSR1 138, SIGTERM 143), after the checkpoint is safely on
 """
 from __future__ import annotations
 
+import atexit
 import signal
 
 import numpy as np
@@ -46,6 +47,9 @@ class GracefulStop:
         self._agreed = np.zeros(1, np.int32)             # received: the largest over ranks
         self._request = None
         self._previous = {s: signal.signal(s, self._handler) for s in STOP_SIGNALS}
+        # A user error that ends every rank mid-epoch leaves an allreduce in flight; MPI must
+        # not finalize with it (MPICH complains in two extra lines): complete it at exit.
+        atexit.register(self.close)
 
     def _handler(self, signum, frame) -> None:
         if self.signum:   # a second signal: stop waiting for the step boundary

@@ -4,6 +4,7 @@
         KIND DATA TMP'
 
 KIND: crash | dataerror (tests/faulty_rank.py: one rank fails, the job aborts),
+      sigterm (SIGTERM to mpirun: the graceful stop),
       sigkill (a rank is SIGKILLed: nothing can run; then `python -m dist.shm` cleans up).
 Prints one JSON line: {"before": [...], "after": [...], "cleaned": [...], "returncode": N}.
 """
@@ -33,7 +34,10 @@ else:
         assert job.poll() is None and time.monotonic() < deadline, job.communicate()[1]
         time.sleep(0.05)
     time.sleep(1)
-    os.kill(rank_pids(f"run.name={kind}")[-1], signal.SIGKILL)
+    if kind == "sigterm":
+        os.kill(job.pid, signal.SIGTERM)
+    else:
+        os.kill(rank_pids(f"run.name={kind}")[-1], signal.SIGKILL)
     job.wait(timeout=30)
     code = job.returncode
 after = listing()

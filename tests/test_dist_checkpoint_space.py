@@ -6,7 +6,9 @@
   is left behind; the newest checkpoint still loads;
 * a write that the space check lets through but the disk refuses (real ENOSPC from HDF5) is
   the same one line;
-* the newest checkpoint that loads is taken for resume, a damaged newer one skipped.
+* the newest checkpoint that loads is taken for resume, a damaged newer one skipped;
+* real training runs on a 1.5 MiB disk (finishes) and on a 600 kB one (one line, then --resume
+  finishes once there is room).
 """
 import subprocess
 
@@ -15,6 +17,7 @@ import pytest
 
 from dist import checkpoint as ck
 from dist.errors import ExpectedError
+from tests.dist_helpers import assert_one_line_error, run_job, small_run_args
 
 P = 50_000          # parameters: a checkpoint of ~400 kB (theta and velocity)
 
@@ -116,3 +119,45 @@ def test_absurd_declared_shape_is_refused_before_reading(tmp_path):
         f.create_dataset("theta", shape=(10**12,), dtype=np.float32)  # never written: fill values
     with pytest.raises(ExpectedError, match=r"/theta declares 1,000,000,000,000 values"):
         ck.load_checkpoint(path)
+
+
+def mounted(tmp_path, size: str):
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): needs root")
+    return mnt
+
+
+def test_training_on_a_disk_with_room_for_three_checkpoints(mnist_h5, tmp_path):
+    """~410 kB per checkpoint, 1.5 MiB of disk, keep_last=3 and a checkpoint every 5 steps: the
+    old order (write, then best.h5, then prune) needed room for five files; now three do (the
+    newest, best.h5 once its numbered twin is pruned, the one being written)."""
+    disk = mounted(tmp_path, "1536k")
+    try:
+        done = run_job(2, small_run_args(mnist_h5, disk, "r", "--set", "run.checkpoint_every=5",
+                                         "--set", "run.keep_last=3"))
+        assert done.returncode == 0, done.stderr
+        assert (disk / "r" / "final.json").exists()
+        assert ck.load_checkpoint(disk / "r" / "best.h5").epoch >= 1
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_full_disk_stops_with_one_line_and_resume_finishes_after_room_is_made(mnist_h5,
+                                                                            tmp_path):
+    disk = mounted(tmp_path, "600k")                # one checkpoint fits, a second does not
+    try:
+        args = small_run_args(mnist_h5, disk, "r", "--set", "run.checkpoint_every=5")
+        full = run_job(2, args)
+        assert_one_line_error(full, "ckpt-e000-s00010.h5: cannot write checkpoint",
+                              "kept ckpt-e000-s00005.h5", f"--resume {disk / 'r'}")
+        assert not list((disk / "r").glob("*.tmp"))
+        subprocess.run(["mount", "-o", "remount,size=4m", str(disk)], check=True)  # room made
+        resumed = run_job(2, ["--resume", str(disk / "r")])
+        assert resumed.returncode == 0, resumed.stderr
+        assert "resuming at epoch 1 step 5" in resumed.stdout
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)

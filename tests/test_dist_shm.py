@@ -1,5 +1,5 @@
 """No /dev/shm leaks: a job that aborts (an unhandled exception, or an error on one rank only)
-removes MPICH's shared-memory file on its way out; one that is SIGKILLed cannot, and
+removes MPICH's shared-memory file on its way out, and so does one stopped by SIGTERM; one that is SIGKILLed cannot, and
 ``python -m dist.shm`` removes what it left.
 
 Each job runs in a private /dev/shm (a mount namespace with its own tmpfs), so the count is
@@ -28,7 +28,7 @@ def in_private_shm(kind: str, data, tmp_path) -> dict:
     return json.loads(done.stdout.splitlines()[-1])
 
 
-@pytest.mark.parametrize("kind", ["crash", "dataerror"])
+@pytest.mark.parametrize("kind", ["crash", "dataerror", "sigterm"])
 def test_aborting_job_leaves_nothing_in_dev_shm(mnist_h5, tmp_path, kind):
     out = in_private_shm(kind, mnist_h5, tmp_path)
     assert out["returncode"] != 0
