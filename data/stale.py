@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 
 def owner() -> tuple[str, int]:
@@ -19,14 +20,19 @@ def owner() -> tuple[str, int]:
 
 
 def process_alive(pid: int) -> bool:
-    """Whether a process with this id exists on this host (signal 0 checks without sending)."""
+    """Whether a process with this id runs on this host (signal 0 checks without sending).
+    A zombie -- killed, not yet reaped by its parent -- does not count."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:   # exists, belongs to someone else
+        pass
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):   # no /proc (macOS), or it just went
         return True
-    return True
+    return state not in ("Z", "X")
 
 
 def is_stale(host: str, pid: int) -> bool:

@@ -220,8 +220,9 @@ def load_newest(run_dir: str | Path, report=print) -> Checkpoint:
             return load_checkpoint(path)
         except ExpectedError as err:
             if path == candidates[0]:
-                raise ExpectedError(f"{run_dir}: no checkpoint loads; the oldest: {err}") \
-                    from None
+                raise ExpectedError(str(err) if len(candidates) == 1 else
+                                    f"{run_dir}: none of {len(candidates)} checkpoints loads; "
+                                    f"the oldest: {err}") from None
             report(f"warning: skipping {err}")
     raise AssertionError("unreachable")
 
