@@ -13,7 +13,10 @@ the global batch; the gradient summed over ranks; one SGD step (``dist.update``:
 each rank updates its own slice of the flat parameters and the slices are gathered again).
 The loss divides by the *global* batch size, so the summed gradient is the single-process one:
 ``python -m dist.train`` computes the same step as ``mpirun -n 4``, up to float summation
-order. Rank 0 evaluates, logs and writes the checkpoints (``dist.rundir``); the other ranks
+order -- the samples, augmentations and dropout masks are identical, the parameters after a
+step agree to ~1e-8, but the rounding differences grow, and once a ReLU or max-pool decision
+flips the runs go separate ways (measured on cnn: 1e-6 after ~10 steps, 5-7% of the norm of
+theta after 60; final accuracies within 0.1%). The same rank count repeats bit for bit. Rank 0 evaluates, logs and writes the checkpoints (``dist.rundir``); the other ranks
 wait for it without spinning a core. SIGTERM, SIGINT or SIGUSR1 stops the job at the next step
 with a checkpoint of it (``dist.stop``; exit status 128 + the signal).
 """
