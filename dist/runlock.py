@@ -54,6 +54,8 @@ class RunLock:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
                 held = read_owner(path)
+                if held is not None and held[:2] == (host, pid):   # ours already (in-process
+                    return cls(path)                              # runs, e.g. an ensemble)
                 if held is None or not is_stale(held[0], held[1]):
                     raise ExpectedError(cls._refusal(run_dir, held)) from None
                 report(f"note: {run_dir}: taking over the lock of job {held[1]} on {held[0]}, "
