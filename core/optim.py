@@ -56,8 +56,6 @@ class SGD:
         With ``lo``, grad is the gradient of the slice theta[lo : lo + len(grad)] only, and only
         that slice (and its velocity) is updated: each rank's share of a sharded update
         (dist/update.py).  The arithmetic per element is the same either way."""
-        if not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr >= 0):
-            raise ValueError(f"SGD: lr must be a finite number >= 0, got {lr!r}")
         hi = lo + (grad.shape[0] if grad.ndim == 1 else -1)
         if theta.shape != (self.size,) or grad.ndim != 1 or not 0 <= lo <= hi <= self.size:
             raise ValueError(f"SGD: theta must have shape ({self.size},) and grad be a slice of "

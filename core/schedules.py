@@ -33,8 +33,6 @@ def make_schedule(kind, base_lr, total_steps, warmup_steps=0, step_size=None, ga
     """Validate the arguments once and return lr(step) -> float."""
     if kind not in KINDS:
         raise ValueError(f"schedule: kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    if not (_is_num(base_lr) and base_lr >= 0):
-        raise ValueError(f"schedule: base_lr must be a finite number >= 0, got {base_lr!r}")
     if not (_is_int(total_steps) and total_steps >= 1):
         raise ValueError(f"schedule: total_steps must be an int >= 1, got {total_steps!r}")
     if not (_is_int(warmup_steps) and 0 <= warmup_steps <= total_steps):

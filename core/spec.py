@@ -22,6 +22,9 @@ layer index, its type and the key, e.g.
 Defaults:  dense {out}; conv {out, kernel, stride=1, pad=0}; maxpool {kernel=2,
 stride=kernel}; dropout {p=0.5}; batchnorm {momentum=0.1, eps=1e-5}; relu, sigmoid, tanh,
 flatten take no keys; deskew {before_augment=false}.  Tested by tests/test_core_spec.py.
+
+`memory_per_layer` bounds the bytes a model will take, layer by layer, from the shapes alone
+(nothing allocated), so a layer of 10^9 units is refused by name before any array exists.
 """
 import math
 
@@ -122,3 +125,26 @@ def build_layers(spec, input_shape):
         layers.append(layer)
         shape = layer.out_shape
     return spec, layers
+
+
+# Floats kept per trainable parameter: theta, grad, momentum, the optimizer's scratch and the
+# weight-decay mask (core/model.py, core/optim.py).
+FLOATS_PER_PARAM = 5
+# Floats per activation element during a training step: the layer's cached output, the
+# gradient flowing back, and a buffer of the same size (bounds what each layer allocates).
+FLOATS_PER_ACTIVATION = 3
+
+
+def memory_per_layer(layers, batch, itemsize=4):
+    """Upper bound of the bytes each built layer needs in a training step of `batch` samples:
+    its parameters (with their gradient and optimizer state) and its activations, including
+    a convolution's im2col matrix (Ho*Wo rows of k*k*Cin values per sample).  [int per layer]"""
+    sizes = []
+    for layer in layers:
+        params = sum(int(np.prod(s)) for s in layer.param_shapes.values())
+        per_sample = int(np.prod(layer.out_shape))
+        if layer.type_name == "conv":                             # the im2col buffer
+            per_sample += layer.ho * layer.wo * layer.k * layer.k * layer.input_shape[2]
+        sizes.append(itemsize * (FLOATS_PER_PARAM * params
+                                 + FLOATS_PER_ACTIVATION * batch * per_sample))
+    return sizes

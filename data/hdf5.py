@@ -30,6 +30,7 @@ match the recorded SHA-256.
 Run `python -m data.hdf5 FILE` to validate a file and print its summary.
 """
 
+import glob
 import hashlib
 import os
 import secrets
@@ -45,6 +46,7 @@ from . import checksums
 from .checksums import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 from .errors import DataError
 from .idx import check_labels, idx_header
+from .stale import is_stale, owner
 from .verify import Mnist
 
 FORMAT, FORMAT_VERSION = "mpigrad-mnist", 1
@@ -64,7 +66,9 @@ def write_mnist(path: str | os.PathLike, mnist: Mnist) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     # A unique hidden name next to the target (same file system, so the rename is atomic);
     # h5py creates it with the usual permissions, unlike mkstemp's 0600.
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    remove_dead_temporaries(path)
+    host, pid = owner()
+    tmp = path.parent / f".{path.name}.{host}.{pid}.{secrets.token_hex(4)}.tmp"
     try:
         with h5py.File(tmp, "x") as f:
             for dataset, name in LAYOUT.items():
@@ -84,6 +88,21 @@ def write_mnist(path: str | os.PathLike, mnist: Mnist) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_dead_temporaries(path: Path) -> list[Path]:
+    """Delete the hidden temporaries of writes to ``path`` whose process died (a killed
+    data.prepare leaves ~55 MB): ``.<name>.<host>.<pid>.<random>.tmp`` of this host and a pid
+    that no longer runs. A live writer's temporary, or another host's, is left alone."""
+    removed = []
+    prefix = f".{path.name}."
+    for tmp in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        parts = tmp.name[len(prefix):-len(".tmp")].rsplit(".", 2)
+        host, pid = (parts[0], parts[1]) if len(parts) == 3 else (owner()[0], parts[0])
+        if pid.isdigit() and is_stale(host, int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def _reason(exc: Exception) -> str:

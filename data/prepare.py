@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from .errors import DataError
-from .hdf5 import open_mnist, write_mnist
+from .hdf5 import open_mnist, remove_dead_temporaries, write_mnist
 from .sources import acquire
 
 DATA_ENV = "MPIGRAD_DATA"
@@ -55,6 +55,8 @@ def ensure_dataset(path: str | os.PathLike | None = None,
     log = (lambda message: None) if quiet else (
         lambda message: print(f"data: {message}", file=sys.stderr, flush=True))
 
+    for tmp in remove_dead_temporaries(path):   # of a killed earlier run
+        log(f"removed {tmp.name}, left by a preparation that was killed")
     if path.exists() and not force:
         try:
             info = open_mnist(path)

@@ -7,6 +7,7 @@ Layout of ``runs/<name>/ckpt-e003-s00000.h5`` (``h5ls -r`` shows it)::
     /velocity  (P,) float32   the optimizer's momentum
     attributes: format, version, epoch, step (position: next step to run is `step` of `epoch`),
                 global_step, best_metric, best_epoch, bad_epochs (early-stopping counter),
+                epoch_totals (the epoch's loss sum, correct, samples so far),
                 config (resolved config, JSON), spec (model spec, JSON), data_fingerprint,
                 world_size, created
 
@@ -15,17 +16,27 @@ whole training state: no opaque RNG state, and resuming is exact.
 
 Writing: to ``<file>.tmp`` in the same folder, flushed and fsynced, then ``os.replace`` — a
 reader sees the old file or the new one, never half a file, even if the job is killed mid-write.
-Loading validates everything and fails with one line naming the file.
+``write_checkpoint`` is what the training loop calls; it makes sure a full disk cannot strand a
+run: it checks the free space against the file's size first and, when short, deletes the
+oldest numbered checkpoints *before* writing (never the newest); ``best.h5`` is a hard link to
+the numbered file (no space of its own); a write that fails anyway is one line saying what was
+kept. ``*.tmp`` left by a killed write are removed when the (locked) run folder is next opened.
+Loading validates everything (shapes before reading, so a file that declares 10^12 floats is
+refused, not allocated) and fails with one line naming the file. ``--resume RUN`` takes the
+newest checkpoint of the folder that loads, never best.h5.
 
 Inspect one:  python -m dist.checkpoint runs/<name>/best.h5
 """
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
+import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -54,6 +65,8 @@ class Checkpoint:
     spec: list
     data_fingerprint: str
     world_size: int
+    epoch_totals: list = field(default_factory=lambda: [0.0, 0.0, 0.0])  # loss sum, correct,
+    # samples of the epoch so far over all ranks, so that a resumed epoch is logged whole
 
 
 def checkpoint_name(epoch: int, step: int) -> str:
@@ -72,6 +85,19 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> Path:
     """Atomically write ``ckpt`` to ``path`` (rank 0 only)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
+    try:
+        _write_hdf5(tmp, ckpt)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)   # half a file is of no use and takes the space we lack
+        raise
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return path
+
+
+def _write_hdf5(tmp: Path, ckpt: Checkpoint) -> None:
     with h5py.File(tmp, "w") as f:
         for name in ("theta", "state", "velocity"):
             f.create_dataset(name, data=np.asarray(getattr(ckpt, name), dtype=np.float32))
@@ -82,33 +108,123 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> Path:
             "bad_epochs": ckpt.bad_epochs,
             "config": json.dumps(ckpt.config), "spec": json.dumps(ckpt.spec),
             "data_fingerprint": ckpt.data_fingerprint, "world_size": ckpt.world_size,
+            "epoch_totals": np.asarray(ckpt.epoch_totals, np.float64),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         })
         f.flush()
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-    return path
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
     """Delete all but the newest ``keep_last`` numbered checkpoints (best.h5 is kept apart)."""
-    for old in sorted(Path(run_dir).glob("ckpt-e*-s*.h5"))[:-keep_last]:
+    for old in numbered_checkpoints(run_dir)[:-keep_last]:
         old.unlink(missing_ok=True)
+
+
+def numbered_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's ckpt-eEEE-sSSSSS.h5 files, oldest first (the names sort by position)."""
+    return sorted(Path(run_dir).glob("ckpt-e*-s*.h5"))
+
+
+# HDF5's own bytes besides the arrays and the two JSON attributes (superblock, object headers,
+# B-trees): measured 5-6 KiB for our three datasets; twice that as margin.
+HDF5_OVERHEAD = 12 * 1024
+
+
+def expected_size(ckpt: Checkpoint) -> int:
+    """Bytes the file of ``ckpt`` will take (an upper bound)."""
+    arrays = sum(np.asarray(getattr(ckpt, k)).size * 4 for k in ("theta", "state", "velocity"))
+    return arrays + len(json.dumps(ckpt.config)) + len(json.dumps(ckpt.spec)) + HDF5_OVERHEAD
+
+
+def write_checkpoint(run_dir: Path, ckpt: Checkpoint, keep_last: int, best: bool) -> None:
+    """Write ``ckpt`` (and point best.h5 at it) so that a full disk cannot strand the run.
+
+    1. Room: if the file system has less free space than the file needs, delete the oldest
+       numbered checkpoints first -- but never the newest one, the run's way back.
+    2. Write atomically; then ``best.h5`` becomes a second name of the same file (a hard link:
+       no space of its own; a copy where the file system has no hard links).
+    3. Prune to the newest ``keep_last``.
+    Any failure (ENOSPC, EDQUOT, EIO, read-only) is one ExpectedError naming what was kept."""
+    run_dir, path = Path(run_dir), Path(ckpt.path)
+    need = expected_size(ckpt)
+    older = [p for p in numbered_checkpoints(run_dir) if p != path]
+    while shutil.disk_usage(run_dir).free < need and len(older) > 1:
+        older.pop(0).unlink(missing_ok=True)   # the oldest goes first; the newest stays
+    free = shutil.disk_usage(run_dir).free
+    try:
+        if free < need:
+            raise OSError(errno.ENOSPC, f"needs {need / 1e6:.1f} MB, {free / 1e6:.1f} MB free")
+        save_checkpoint(path, ckpt)
+        if best:
+            _link_atomically(path, run_dir / "best.h5")
+    except OSError as err:
+        kept = [p.name for p in numbered_checkpoints(run_dir) if p != path]
+        kept += ["best.h5"] if (run_dir / "best.h5").exists() else []
+        raise ExpectedError(
+            f"{path}: cannot write checkpoint ({err.strerror or err}); kept "
+            f"{', '.join(kept) or 'no checkpoint'} in {run_dir}"
+            + (f"; free space, then continue with --resume {run_dir}" if kept else ""),
+            everywhere=True) from None
+    prune_checkpoints(run_dir, keep_last)
+
+
+def _link_atomically(target: Path, name: Path) -> None:
+    """Make ``name`` a hard link to ``target``, replacing it atomically (copy if unsupported)."""
+    tmp = name.with_name(name.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(target, tmp)
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EMLINK):
+            raise
+        shutil.copyfile(target, tmp)
+    os.replace(tmp, name)
+    _fsync_dir(name.parent)
+
+
+def remove_temporaries(run_dir: Path) -> list[Path]:
+    """Delete ``*.tmp`` left by checkpoint writes that were killed. Only safe while this job
+    holds the run folder's lock (dist/runlock.py): nobody else is writing there."""
+    stale = sorted(Path(run_dir).glob("*.tmp"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """``--resume`` accepts a run folder (its newest checkpoint) or a checkpoint file."""
     path = Path(path)
     if path.is_dir():
-        found = sorted(path.glob("ckpt-e*-s*.h5"))
+        found = numbered_checkpoints(path)
         if not found:
             raise ExpectedError(f"{path}: no checkpoints (ckpt-e*-s*.h5) in this run folder")
         return found[-1]
     if not path.exists():
         raise ExpectedError(f"{path}: no such checkpoint file or run folder")
     return path
+
+
+def load_newest(run_dir: str | Path, report=print) -> Checkpoint:
+    """The newest numbered checkpoint of a run folder that loads (a file: that file).
+
+    A newer one that does not load (truncated by a full disk, damaged) is skipped with one
+    line through ``report``; best.h5 is never needed."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return load_checkpoint(run_dir)
+    candidates = numbered_checkpoints(run_dir)
+    if not candidates:
+        raise ExpectedError(f"{run_dir}: no checkpoints (ckpt-e*-s*.h5) in this run folder")
+    for path in reversed(candidates):
+        try:
+            return load_checkpoint(path)
+        except ExpectedError as err:
+            if path == candidates[0]:
+                raise ExpectedError(str(err) if len(candidates) == 1 else
+                                    f"{run_dir}: none of {len(candidates)} checkpoints loads; "
+                                    f"the oldest: {err}") from None
+            report(f"warning: skipping {err}")
+    raise AssertionError("unreachable")
 
 
 def _describe_spec_difference(have: list, want: list) -> str:
@@ -132,15 +248,10 @@ def load_checkpoint(path: str | Path, expect_spec: list | None = None,
             missing = [k for k in ("theta", "state", "velocity") if k not in f]
             if missing:
                 raise ExpectedError(f"{path}: checkpoint lacks dataset(s) {', '.join(missing)}")
+            for k in ("theta", "state", "velocity"):
+                _check_declared_shape(path, k, f[k])
             arrays = {k: f[k][...] for k in ("theta", "state", "velocity")}
-            a = dict(f.attrs)
-            ckpt = Checkpoint(
-                path=path, **arrays,
-                epoch=int(a["epoch"]), step=int(a["step"]), global_step=int(a["global_step"]),
-                best_metric=float(a["best_metric"]), best_epoch=int(a["best_epoch"]),
-                bad_epochs=int(a["bad_epochs"]), config=json.loads(a["config"]),
-                spec=json.loads(a["spec"]), data_fingerprint=str(a["data_fingerprint"]),
-                world_size=int(a["world_size"]))
+            ckpt = Checkpoint(path=path, **arrays, **_attributes(path, dict(f.attrs)))
     except ExpectedError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as err:
@@ -148,17 +259,59 @@ def load_checkpoint(path: str | Path, expect_spec: list | None = None,
                             f"{str(err).splitlines()[0] if str(err) else 'unreadable'})") from None
 
     for name in ("theta", "state", "velocity"):
-        arr = getattr(ckpt, name)
-        if arr.ndim != 1 or arr.dtype != np.float32:
-            raise ExpectedError(f"{path}: /{name} must be a 1-D float32 array, got "
-                                f"{arr.dtype}{arr.shape}")
-        if not np.isfinite(arr).all():
+        if not np.isfinite(getattr(ckpt, name)).all():
             raise ExpectedError(f"{path}: /{name} contains NaN or inf; refusing to resume from it")
     if ckpt.velocity.size != ckpt.theta.size:
         raise ExpectedError(f"{path}: /velocity has {ckpt.velocity.size} entries, /theta "
                             f"{ckpt.theta.size}")
     check_compatible(ckpt, expect_spec, expect_sizes, expect_fingerprint)
     return ckpt
+
+
+def _check_declared_shape(path: Path, name: str, dataset) -> None:
+    """Refuse a dataset before reading it: 1-D float32, and no more values than the file
+    has bytes for (we write uncompressed: a larger declared shape would be read as 10^12
+    fill values, an allocation that ends in MemoryError)."""
+    if dataset.ndim != 1 or dataset.dtype != np.float32:
+        raise ExpectedError(f"{path}: /{name} must be a 1-D float32 array, got "
+                            f"{dataset.dtype}{dataset.shape}")
+    if dataset.size * 4 > path.stat().st_size:
+        raise ExpectedError(f"{path}: /{name} declares {dataset.size:,} values, more than the "
+                            f"file's {path.stat().st_size:,} bytes hold")
+
+
+def _attributes(path: Path, a: dict) -> dict:
+    """The counters and metadata, each checked: a negative epoch must not reach
+    rundir.reopen (it would empty metrics.jsonl), a config must be a table."""
+    a = {k: v.item() if isinstance(v, np.generic) else v for k, v in a.items()}
+    def integer(key: str, low: int) -> int:
+        value = a[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ExpectedError(f"{path}: attribute {key}={value!r} must be an integer >= {low}")
+        return int(value)
+
+    def text(key: str) -> str:
+        value = a[key]
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    best = a["best_metric"]
+    if not isinstance(best, (float, int)) or math.isnan(best) or best > 1:
+        raise ExpectedError(f"{path}: attribute best_metric={best!r} must be an accuracy or -inf")
+    config, spec = json.loads(text("config")), json.loads(text("spec"))
+    totals = [float(v) for v in np.ravel(a.get("epoch_totals", (0.0, 0.0, 0.0)))]  # older: none
+    if len(totals) != 3 or not all(math.isfinite(v) and v >= 0 for v in totals[1:]):
+        raise ExpectedError(f"{path}: attribute epoch_totals={totals!r} must be 3 numbers")
+    if not isinstance(config, dict) or not isinstance(spec, list):
+        raise ExpectedError(f"{path}: attributes config/spec must be a JSON table and list")
+    out = dict(epoch=integer("epoch", 0), step=integer("step", 0),
+               global_step=integer("global_step", 0), best_metric=float(best),
+               best_epoch=integer("best_epoch", -1), bad_epochs=integer("bad_epochs", 0),
+               config=config, spec=spec, data_fingerprint=text("data_fingerprint"),
+               world_size=integer("world_size", 1), epoch_totals=totals)
+    if out["global_step"] < out["step"] or out["best_epoch"] > out["epoch"]:
+        raise ExpectedError(f"{path}: attributes disagree (step {out['step']} > global_step "
+                            f"{out['global_step']}, or best_epoch after epoch)")
+    return out
 
 
 def normalized(spec: list) -> list:

@@ -49,6 +49,7 @@ from mpi4py import MPI  # noqa: E402  (starts MPI: after the defaults above)
 
 from data.errors import DataError
 from dist.errors import ExpectedError
+from dist.shm import unlink_mapped
 
 
 # Waiting on a non-blocking request: first spin briefly (a balanced allreduce of a small model
@@ -257,6 +258,15 @@ class Comm:
         """Every rank's small Python object, as a list on every rank."""
         return self.world.allgather(obj) if self.size > 1 else [obj]
 
+    def start_allreduce_max(self, send: np.ndarray, recv: np.ndarray) -> MPI.Request:
+        """Start a non-blocking elementwise max of ``send`` into ``recv`` over all ranks
+        (dist/stop.py: the stop flag). Leave both buffers alone until ``wait``."""
+        return self.world.Iallreduce(send, recv, op=MPI.MAX)
+
+    def wait(self, request: MPI.Request) -> None:
+        """Complete a request from ``start_allreduce_max`` (without spinning a core)."""
+        self._wait(request)
+
     def abort(self, code: int = 1) -> None:
         self.world.Abort(code)
 
@@ -313,6 +323,7 @@ def install_abort_hook(comm: Comm) -> None:
         sys.stderr.write(f"[rank {comm.rank}] unhandled exception, aborting the MPI job:\n")
         traceback.print_exception(exc_type, exc, tb, file=sys.stderr)
         sys.stderr.flush()
+        unlink_mapped()   # MPI_Abort skips MPI_Finalize, which would remove MPICH's /dev/shm file
         comm.abort(1)
 
     sys.excepthook = hook
@@ -322,23 +333,26 @@ def run_main(main, argv=None) -> int:
     """Run ``main(comm, argv)`` with MPI-aware error handling; returns the exit code.
 
     ExpectedError -> rank 0 prints ``error: ...`` once; every rank exits 2.
-    Anything else -> the abort hook (traceback from the failing rank, whole job ends)."""
+    Anything else -> the abort hook (traceback from the failing rank, whole job ends).
+    Otherwise main's own exit code (dist/stop.py: 128 + signal after a graceful stop)."""
     comm = Comm()
     install_abort_hook(comm)
     try:
-        main(comm, argv)
+        code = main(comm, argv)
     except ExpectedError as err:
         if comm.size > 1 and not err.everywhere:
             print(f"error: {err} (rank {comm.rank})", file=sys.stderr, flush=True)
+            unlink_mapped()
             comm.abort(2)
         if comm.is_root:
             print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
         if comm.size > 1:
+            unlink_mapped()
             comm.abort(130)
         return 130
-    return 0
+    return code or 0
 
 
 def _demo() -> None:

@@ -17,10 +17,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.spec import build_layers, memory_per_layer
 from dist.errors import ExpectedError
 
 # The update kinds (dist/update.py imports MPI, so its list is repeated here).
@@ -122,6 +124,8 @@ def _check_type(key: str, value, expected: type, where: str):
     """Return ``value`` as the field's type or raise one line naming the key."""
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if expected is float and isinstance(value, float) and not math.isfinite(value):
+        raise ExpectedError(f"{where}: {key} must be a finite number, got {value!r}")
     ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
     if not ok:
         name = {int: "an integer", float: "a number", bool: "true or false",
@@ -222,7 +226,8 @@ def _apply_preset(cfg: Config, name: str, seen: tuple) -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Impossible values, one line each. (Rank-count checks live in dist.train.)"""
+    """Impossible values, one line each. (What depends on the training set and the ranks:
+    ``check_for_world``.)"""
     def need(cond: bool, key: str, value, why: str):
         if not cond:
             raise ExpectedError(f"{key}={value!r}: {why}")
@@ -233,6 +238,7 @@ def validate(cfg: Config) -> None:
          "must be a non-empty list of layer tables")
     need(m.loss in ("xent", "mse"), "model.loss", m.loss, "must be 'xent' or 'mse'")
     need(0 <= d.val_size <= 20000, "data.val_size", d.val_size, "must be in 0..20000")
+    need(d.split_seed >= 0, "data.split_seed", d.split_seed, "must be >= 0")
     need(0 <= d.max_shift <= 10, "data.max_shift", d.max_shift, "must be in 0..10 pixels")
     need(0 <= d.max_rotate <= 180, "data.max_rotate", d.max_rotate, "must be in 0..180 degrees")
     need(0 <= d.max_scale < 1, "data.max_scale", d.max_scale, "must be in [0, 1)")
@@ -249,6 +255,7 @@ def validate(cfg: Config) -> None:
     need(0 <= s.min_lr <= o.lr, "schedule.min_lr", s.min_lr, "must be in [0, optim.lr]")
     need(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
     need(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
+    need(t.seed >= 0, "train.seed", t.seed, "must be >= 0")
     need(t.steps_per_epoch >= 0, "train.steps_per_epoch", t.steps_per_epoch, "must be >= 0")
     need(t.patience >= 0, "train.patience", t.patience, "must be >= 0")
     need(t.eval_test_every >= 0, "train.eval_test_every", t.eval_test_every, "must be >= 0")
@@ -259,6 +266,57 @@ def validate(cfg: Config) -> None:
          f"must be one of {', '.join(KINDS)}")
     need("/" not in r.name and r.name not in (".", ".."), "run.name", r.name,
          "must be a plain folder name (use run.dir for the parent)")
+
+
+# The classes of MNIST: what the last layer must output for the losses in core/losses.py.
+CLASSES = 10
+
+
+def physical_memory() -> int:
+    """Bytes of RAM of this node."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_model(spec, batch: int, copies: int = 1, where: str = "model.layers",
+                memory: int | None = None) -> None:
+    """The model end to end from its shapes alone, before any array exists: it builds, its
+    output is the 10 class scores, and ``copies`` of it (the ranks on this node) training on
+    ``batch`` samples each fit in this node's RAM. Each failure is one line naming the layer."""
+    try:
+        _, layers = build_layers(spec, (28, 28, 1))
+    except ValueError as err:   # core/ names the layer and the key
+        raise ExpectedError(f"{where}: {err}") from None
+    last = layers[-1]
+    if last.out_shape != (CLASSES,):
+        raise ExpectedError(f"{where}: the last layer, {last.index} ({last.type_name}), outputs "
+                            f"shape {last.out_shape}; the loss needs the {CLASSES} class scores "
+                            f"(end with a dense layer of out={CLASSES})")
+    sizes = memory_per_layer(layers, batch)
+    need, have = copies * sum(sizes), memory or physical_memory()
+    if need > have:
+        big = layers[max(range(len(sizes)), key=sizes.__getitem__)]
+        raise ExpectedError(
+            f"{where}: layer {big.index} ({big.type_name}, output {big.out_shape}) alone needs "
+            f"{copies * max(sizes) / 1e9:.3g} GB; the model ~{need / 1e9:.3g} GB for "
+            f"{copies} rank(s) of {batch} samples, more than this node's {have / 1e9:.3g} GB")
+
+
+def check_for_world(cfg: Config, ranks: int, ranks_on_node: int) -> None:
+    """Checks that need the number of ranks: every rank needs a sample of each batch, and
+    the model must fit ``ranks_on_node`` times into the node's memory."""
+    batch = cfg.train.batch_size
+    if batch < ranks:
+        raise ExpectedError(f"train.batch_size={batch} is smaller than the number of ranks "
+                            f"({ranks}): every rank needs at least one sample per batch")
+    check_model(cfg.model.layers, -(-batch // ranks), copies=ranks_on_node)
+
+
+def check_batch_fits(cfg: Config, n_train: int) -> None:
+    """The global batch against the training set (known once the data file is open)."""
+    if cfg.train.batch_size > n_train:
+        raise ExpectedError(f"train.batch_size={cfg.train.batch_size} is larger than the "
+                            f"training set ({n_train} images after holding out data.val_size="
+                            f"{cfg.data.val_size} for validation)")
 
 
 def help_text() -> str:

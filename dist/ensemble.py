@@ -219,7 +219,7 @@ def member_configs(world: Comm, presets: list[str], config_file, overrides) -> d
     return configs
 
 
-def main(world: Comm, argv=None) -> None:
+def main(world: Comm, argv=None) -> int:
     parser = train.ArgumentParser(prog="python -m dist.ensemble", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--members", required=True, metavar="K | NAME:K,NAME:K",
@@ -266,7 +266,7 @@ def main(world: Comm, argv=None) -> None:
         if groups > 1:
             print(f"{groups} groups of ranks train members " + "; ".join(
                 ", ".join(map(str, members)) or "none" for members in plan), flush=True)
-    error = None
+    error, stopped = None, 0
     for member in plan[group]:
         member_dir = folder / f"member-{member}"
         # Finished members were dealt to nobody. Whether this one resumes or starts: the
@@ -280,13 +280,18 @@ def main(world: Comm, argv=None) -> None:
                            "--set", f"train.seed={cfg.train.seed + member}",
                            "--set", f"run.dir={folder}", "--set", f"run.name=member-{member}"]
         try:
-            train.main(comm, member_argv)
+            stopped = train.main(comm, member_argv)
         except ExpectedError as err:
             if not err.everywhere:
                 raise  # only this rank knows: run_main aborts the job
             error = f"member {member}: {err}"
             break
+        if stopped:   # a stop signal (dist/stop.py): the member is checkpointed, end here
+            break
     world.agree(error is None, error or "")
+    stopped = max(world.allgather(stopped))
+    if stopped:       # the same command again continues every member where it stopped
+        return stopped
 
     def combine() -> None:
         data_path = ensure_dataset(cfg.data.path or None, quiet=True)
@@ -305,6 +310,7 @@ def main(world: Comm, argv=None) -> None:
               f"{folder / 'ensemble.json'}", flush=True)
 
     world.on_root(combine)
+    return 0
 
 
 if __name__ == "__main__":

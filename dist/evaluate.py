@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from data.hdf5 import open_mnist
 from data.prepare import ensure_dataset
 from data.shards import normalize, read_split
 from dist.checkpoint import check_compatible, load_checkpoint
+from dist.config import check_model
 from dist.errors import ExpectedError
 
 
@@ -67,10 +69,8 @@ def model_from_checkpoint(path, data_fingerprint: str | None = None):
 
 def model_of(ckpt) -> Model:
     """The model of an already loaded checkpoint, with its weights and batch-norm state."""
-    try:
-        model = Model(ckpt.spec, seed=0)
-    except ValueError as err:
-        raise ExpectedError(f"{ckpt.path}: cannot rebuild its model: {err}") from None
+    check_model(ckpt.spec, EVAL_BATCH, where=f"{ckpt.path}: its model")  # before allocating
+    model = Model(ckpt.spec, seed=0)
     if (model.theta.size, model.state.size) != (ckpt.theta.size, ckpt.state.size):
         raise ExpectedError(f"{ckpt.path}: parameter sizes do not match its own spec")
     model.theta[...] = ckpt.theta
@@ -96,7 +96,12 @@ def main(argv=None) -> int:
     try:
         ckpt = load_checkpoint(args.checkpoint)   # read once: weights, spec and config
         data_cfg = ckpt.config.get("data", {})
-        path = ensure_dataset(args.data or data_cfg.get("path") or None, quiet=True)
+        named = args.data or data_cfg.get("path")
+        if named and not Path(named).is_file():   # a named file is read, never made here
+            raise ExpectedError(f"{'--data' if args.data else 'the run config data.path'} "
+                                f"{named}: no such file (prepare it with python -m data.prepare "
+                                f"--out {named})")
+        path = ensure_dataset(named or None, quiet=True)
         check_compatible(ckpt, expect_fingerprint=open_mnist(path).fingerprint)
         model = model_of(ckpt)
         images, labels, _ = read_split(path, args.split, split_seed=data_cfg.get("split_seed", 0),

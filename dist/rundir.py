@@ -6,16 +6,30 @@
         ckpt-eEEE-sSSSSS.h5   the newest run.keep_last checkpoints (dist/checkpoint.py)
         best.h5               the checkpoint of the best validation accuracy so far
         final.json            the result: best.h5's test accuracy, wall time
+        lock                  host and pid of the job using the folder (dist/runlock.py)
+
+A job takes the folder's lock before it writes anything there, and removes the ``*.tmp`` of
+checkpoint writes that were killed; the lock goes when the process exits.
 
 Look at one:  python -m launch.report runs/<name>     (curves, mistakes, confusion matrix)
 """
 from __future__ import annotations
 
+import atexit
 import json
 import time
 from pathlib import Path
 
+from dist.checkpoint import numbered_checkpoints, remove_temporaries
 from dist.errors import ExpectedError
+from dist.runlock import RunLock
+
+
+def lock(run_dir: Path) -> None:
+    """Take the folder's lock (one line if another job holds it), released when this process
+    exits; then remove what killed checkpoint writes left (nobody else writes here now)."""
+    atexit.register(RunLock.acquire(run_dir).release)
+    remove_temporaries(run_dir)
 
 
 def create(cfg) -> Path:
@@ -23,22 +37,33 @@ def create(cfg) -> Path:
     holds a run (checkpoints or metrics). Sets ``cfg.run.name`` when it was left empty."""
     name = cfg.run.name or f"{cfg.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.run.dir) / name
+    lock(run_dir)
     if any(run_dir.glob("ckpt-*.h5")) or (run_dir / "metrics.jsonl").exists():
         raise ExpectedError(f"{run_dir}: run folder already exists; continue it with --resume "
                             f"{run_dir} or choose another --set run.name=...")
-    run_dir.mkdir(parents=True, exist_ok=True)
     cfg.run.name = name
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     return run_dir
 
 
-def trim_metrics(run_dir: Path, completed_epochs: int) -> None:
-    """On resume, drop metric lines of epochs the checkpoint does not contain."""
+def reopen(run_dir: Path, completed_epochs: int) -> None:
+    """A resumed run's folder: lock it, then drop the metric lines of epochs the checkpoint
+    does not contain (they will be run again)."""
+    lock(run_dir)
     path = run_dir / "metrics.jsonl"
     if path.exists():
         lines = [ln for ln in path.read_text().splitlines()
                  if ln.strip() and json.loads(ln)["epoch"] <= completed_epochs]
         path.write_text("".join(ln + "\n" for ln in lines))
+
+
+def auto_resume(cfg) -> Path | None:
+    """``--resume auto``: run.name's folder if it holds a checkpoint (resume it), else None
+    (start it)."""
+    if not cfg.run.name:
+        raise ExpectedError("--resume auto needs the run's name: --set run.name=...")
+    run_dir = Path(cfg.run.dir) / cfg.run.name
+    return run_dir if numbered_checkpoints(run_dir) else None
 
 
 def append_metrics(run_dir: Path, record: dict) -> None:

@@ -26,7 +26,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 
 from data.errors import DataError
 from data.prepare import ensure_dataset

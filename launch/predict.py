@@ -151,6 +151,22 @@ def load_classifier(source: str | None, models_dir=None, say=print) -> Classifie
     return Classifier(source)
 
 
+def pixel_limit(flag: str | None) -> int:
+    """The decompression-bomb limit: --max-pixels, else $MPIGRAD_MAX_IMAGE_PIXELS, else the
+    default; a positive whole number, or one line naming where the bad value came from."""
+    where, text = ("--max-pixels", flag) if flag is not None else \
+        ("MPIGRAD_MAX_IMAGE_PIXELS", os.environ.get("MPIGRAD_MAX_IMAGE_PIXELS"))
+    if text is None:
+        return MAX_IMAGE_PIXELS
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ExpectedError(f"{where}={text!r}: must be a positive whole number of pixels")
+    return value
+
+
 def save_preprocessed(folder: Path, source: Path, image: np.ndarray, used: set[str]) -> None:
     """Write `<source name>.png` (28x28) and an enlarged copy; unique names within one run."""
     name, n = source.name, 1
@@ -178,11 +194,10 @@ def as_json(path: Path, proba: np.ndarray, top: int) -> str:
 
 
 def add_max_pixels_option(parser: argparse.ArgumentParser) -> None:
-    """--max-pixels, shared with launch.serve."""
-    parser.add_argument("--max-pixels", type=int,
-                        default=int(os.environ.get("MPIGRAD_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS)),
-                        help="refuse larger images as possible decompression bombs (default "
-                             "%(default)s; env MPIGRAD_MAX_IMAGE_PIXELS)")
+    """--max-pixels, shared with launch.serve; read it with pixel_limit(args.max_pixels)."""
+    parser.add_argument("--max-pixels", metavar="N",
+                        help=f"refuse larger images as possible decompression bombs (default "
+                             f"{MAX_IMAGE_PIXELS}; env MPIGRAD_MAX_IMAGE_PIXELS)")
 
 
 def main(argv=None) -> int:
@@ -205,22 +220,30 @@ def main(argv=None) -> int:
     if not images:
         parser.error("no images to classify")
     try:
+        max_pixels = pixel_limit(args.max_pixels)
+        out_dir = Path(args.save_preprocessed) if args.save_preprocessed else None
+        if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+            raise ExpectedError(f"--save-preprocessed {out_dir}: exists and is not a folder; "
+                                f"nothing is written over it")
         classifier = load_classifier(named, say=lambda line: print(line, file=sys.stderr))
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
     except ExpectedError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"error: --save-preprocessed {out_dir}: cannot create ({err.strerror or err})",
+              file=sys.stderr)
         return 2
 
     files, errors = expand_inputs(images)
     for line in errors:
         print(line, file=sys.stderr)
-    out_dir = Path(args.save_preprocessed) if args.save_preprocessed else None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     failed = len(errors)
     for path in files:   # one at a time: a result appears as soon as its image is ready
         try:
-            image = preprocess_file(path, args.max_pixels)
+            image = preprocess_file(path, max_pixels)
         except ImageError as err:
             print(f"error: {path}: {err}", file=sys.stderr, flush=True)
             failed += 1

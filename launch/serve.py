@@ -34,7 +34,7 @@ from pathlib import Path
 
 from dist.errors import ExpectedError
 from launch.images import MAX_IMAGE_PIXELS, ImageError, preprocess_file
-from launch.predict import Classifier, add_max_pixels_option, load_classifier
+from launch.predict import Classifier, add_max_pixels_option, load_classifier, pixel_limit
 
 PAGE = Path(__file__).resolve().parent / "serve_page.html"
 MAX_UPLOAD_MB = 10          # a phone photo is 2-8 MB
@@ -155,13 +155,14 @@ def main(argv=None) -> int:
     add_max_pixels_option(parser)
     args = parser.parse_args(argv)
     try:
+        max_pixels = pixel_limit(args.max_pixels)
         classifier = load_classifier(args.model)
     except ExpectedError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
         server = DigitServer((args.host, args.port), classifier,
-                             int(args.max_upload_mb * 2**20), args.max_pixels)
+                             int(args.max_upload_mb * 2**20), max_pixels)
     except OSError as err:   # port in use, address not on this machine, ...
         print(f"error: cannot listen on {args.host}:{args.port}: {err.strerror or err}",
               file=sys.stderr)

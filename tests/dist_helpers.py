@@ -115,3 +115,17 @@ def error_lines(stderr: str) -> list[str]:
             break
         del lines[start:end + 1]
     return lines
+
+
+def snapshot(folder):
+    """Every file under ``folder`` with its bytes: equal snapshots mean nothing changed."""
+    return {p: p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def assert_one_line_error(result, *fragments):
+    """Exit code 2 and exactly one line on stderr, ``error: ...`` containing each fragment."""
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]

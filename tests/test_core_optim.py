@@ -94,13 +94,6 @@ def test_bad_optimizer_arguments(kw, message):
         SGD(4, **kw)
 
 
-@pytest.mark.parametrize("lr", [-0.1, float("nan"), float("inf")])
-def test_bad_lr(lr):
-    opt = SGD(2)
-    with pytest.raises(ValueError, match="lr must be a finite number >= 0"):
-        opt.step(np.zeros(2, np.float32), np.zeros(2, np.float32), lr)
-
-
 def test_constant_and_step_schedules():
     lr = make_schedule("constant", 0.1, 100)
     assert lr(0) == lr(99) == lr(1000) == 0.1
@@ -128,7 +121,6 @@ def test_warmup_is_linear_then_joins():
 
 @pytest.mark.parametrize("args,kw,message", [
     (("linear", 0.1, 10), {}, "kind must be one of"),
-    (("constant", -0.1, 10), {}, "base_lr"),
     (("constant", 0.1, 0), {}, "total_steps"),
     (("constant", 0.1, 10), {"warmup_steps": 11}, "warmup_steps"),
     (("step", 0.1, 10), {}, "step_size must be an int >= 1"),

@@ -1,8 +1,10 @@
 """`python -m data.prepare` as a user runs it, and `ensure_dataset` as the trainer calls it."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -46,6 +48,28 @@ def test_prepare_then_noop(tmp_path, mnist_idx_dir):
     assert "already prepared" in second.stderr and second.stdout.strip() == str(out)
     assert out.stat().st_mtime_ns == stamp
     assert [p.name for p in out.parent.iterdir()] == ["mnist.h5"]
+
+
+def test_killed_preparation_leaves_nothing_behind_after_the_next_run(tmp_path, mnist_idx_dir):
+    """SIGKILL mid-write leaves the hidden temporary (nothing can run then); the next run of
+    data.prepare removes it (its process is dead) and writes the file."""
+    out = tmp_path / "m.h5"
+    env = {k: v for k, v in os.environ.items() if k not in ("MPIGRAD_DATA",)}
+    env["PYTHONPATH"] = str(REPO)
+    job = subprocess.Popen([sys.executable, "-m", "data.prepare", "--source", str(mnist_idx_dir),
+                            "--out", str(out), "--quiet"], env=env)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".m.h5.*.tmp")):
+        assert job.poll() is None and time.monotonic() < deadline, "no temporary appeared"
+        time.sleep(0.005)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    assert list(tmp_path.glob(".m.h5.*.tmp")) and not out.exists()
+    again = run_prepare("--source", mnist_idx_dir, "--out", out, tmp_path=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "left by a preparation that was killed" in again.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".m.h5")) == []
+    assert out.is_file()
 
 
 def test_bad_source_folder(tmp_path):

@@ -2,21 +2,9 @@
 
 import pytest
 
-from tests.dist_helpers import error_lines, run_job, small_run_args
+from tests.dist_helpers import assert_one_line_error, run_job, small_run_args, snapshot
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def snapshot(folder):
-    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    lines = error_lines(result.stderr)
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.mark.parametrize("override, fragments", [

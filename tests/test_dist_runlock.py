@@ -1,0 +1,52 @@
+"""One job per run folder (dist/runlock.py): two real jobs with the same run.name, the second
+refused with one line while the first finishes untouched; a stale lock of a dead job taken
+over; a lock of another host refused (its owner cannot be checked from here)."""
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dist.runlock import RunLock, read_owner
+from tests.dist_helpers import (assert_one_line_error, run_job, small_run_args, snapshot,
+                                start_job)
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def test_second_job_on_the_same_run_folder_is_refused(mnist_h5, tmp_path):
+    first = start_job(2, small_run_args(mnist_h5, tmp_path, "shared"))
+    run = tmp_path / "shared"
+    deadline = time.monotonic() + 60
+    while not (run / "config.json").exists():
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.01)
+    host, pid, _ = read_owner(run / "lock")
+    second = run_job(2, small_run_args(mnist_h5, tmp_path, "shared"))
+    assert_one_line_error(second, f"{run}: in use by job {pid} on {host}")
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert [line.count('"epoch"') for line in (run / "metrics.jsonl").read_text().splitlines()] \
+        == [1, 1]
+    assert not (run / "lock").exists()
+    refused = run_job(1, ["--resume", str(run), "--set", "train.epochs=2"])
+    assert refused.returncode == 0, refused.stderr   # free again after the first job ended
+
+
+def test_stale_lock_of_a_dead_job_is_taken_over(mnist_h5, tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run = tmp_path / "stale"
+    run.mkdir()
+    (run / "lock").write_text(f"{__import__('socket').gethostname()} {dead.pid} 2026-01-01\n")
+    done = run_job(1, small_run_args(mnist_h5, tmp_path, "stale", "--set", "train.epochs=1"))
+    assert done.returncode == 0, done.stderr
+    assert f"taking over the lock of job {dead.pid}" in done.stdout + done.stderr
+
+
+def test_lock_of_another_host_is_refused(tmp_path):
+    (tmp_path / "lock").write_text("elsewhere 12345 2026-01-01T00:00:00\n")
+    before = snapshot(tmp_path)
+    with pytest.raises(Exception, match="in use by job 12345 on elsewhere.*delete"):
+        RunLock.acquire(tmp_path)
+    assert snapshot(tmp_path) == before
