@@ -9,7 +9,11 @@ through launch/netns-launch, exactly as it would through ssh on a cluster. Check
   TCP connections run between the two hosts' addresses (no shared memory, no root netns);
 * a 2-rank `dist.train` across the two hosts exits 0, its final parameters equal those of
   the single-host `mpirun -n 2` run (asserted < 1e-5 relative, reported if bitwise), and
-  at least one gradient allreduce per step worth of bytes crossed the veth link.
+  at least one gradient allreduce per step worth of bytes crossed the veth link;
+* over a limited link (200 Mbit/s, 1 ms one way: tc's tbf and launch/wire.py's switch) a TCP
+  round trip takes ~2 ms and a bulk transfer runs at ~200 Mbit/s, and a 4-rank `dist.train` on
+  2 hosts x 2 ranks (two ranks per host share memory) ends with the parameters of a 4-rank
+  single-host run.
 
 Needs root (network namespaces); skipped, with that reason, only when the machine forbids
 creating them. Namespaces get unique names per run and are removed even when a test fails.
@@ -26,7 +30,8 @@ import time
 
 import pytest
 
-from launch.fakehosts import IFACE, WRAPPER, FakeHosts, FakeHostsError, _ip
+from launch.fakehosts import IFACE, WRAPPER, FakeHosts, FakeHostsError, _ip, measure
+from launch.wire import LinkSpec
 from tests.dist_helpers import REPO, env, rel_diff, run_job, small_run_args, theta_of
 
 pytestmark = pytest.mark.timeout(180)
@@ -34,12 +39,11 @@ pytestmark = pytest.mark.timeout(180)
 _FORBIDDEN = ("Operation not permitted", "Permission denied")
 
 
-@pytest.fixture(scope="module")
-def hosts(request):
+def make_hosts(request, link: LinkSpec | None = None) -> FakeHosts:
     if os.geteuid() != 0:
         pytest.skip("network namespaces need root (ip netns add / unshare --uts); "
                     f"running as uid {os.geteuid()}")
-    fh = FakeHosts(f"mpg{secrets.token_hex(3)}", hosts=2)
+    fh = FakeHosts(f"mpg{secrets.token_hex(3)}", hosts=2, link=link)
     request.addfinalizer(fh.down)      # registered first: also cleans up a half-made `up`
     try:
         fh.up()
@@ -51,6 +55,19 @@ def hosts(request):
     if uts.returncode != 0 and any(s in uts.stderr for s in _FORBIDDEN):
         pytest.skip(f"this machine forbids UTS namespaces: {uts.stderr.strip()}")
     return fh
+
+
+@pytest.fixture(scope="module")
+def hosts(request):
+    return make_hosts(request)
+
+
+LIMITED = LinkSpec.parse("200mbit:1ms")
+
+
+@pytest.fixture(scope="module")
+def limited_hosts(request):
+    return make_hosts(request, LIMITED)
 
 
 def _env(fh: FakeHosts) -> dict:
@@ -132,3 +149,32 @@ def test_training_across_two_hosts_matches_one_host(hosts, mnist_h5, tmp_path):
     # must both send and receive: all of it went over the veth link.
     at_least = 24 * 4 * theta_one.size
     assert tx1 - tx0 > at_least and rx1 - rx0 > at_least, (tx1 - tx0, rx1 - rx0, at_least)
+
+
+def test_a_limited_link_has_its_latency_and_bandwidth(limited_hosts):
+    got = measure(limited_hosts, seconds=1.0)
+    print(f"\n{LIMITED}: {got}")
+    # One way 1 ms, so a round trip >= 2 ms; the Python switch adds tens of us, a loaded
+    # machine more. The bulk rate is tbf's, up to TCP's ramp-up and the acknowledgement.
+    assert 2 * LIMITED.delay * 1e6 <= got["rtt_min_us"] <= got["rtt_us"] < 2 * LIMITED.delay * 1e6 + 3000
+    assert 0.6 * LIMITED.rate / 1e6 < got["mbit_s"] < 1.05 * LIMITED.rate / 1e6
+
+
+def test_two_hosts_of_two_ranks_over_a_limited_link_match_one_host(limited_hosts, mnist_h5,
+                                                                  tmp_path):
+    one = run_job(4, small_run_args(mnist_h5, tmp_path, "onehost"), timeout=150)
+    assert one.returncode == 0, one.stderr
+    b = limited_hosts.names[1]
+    tx0, _ = _tx_rx(b)
+    cmd = limited_hosts.mpirun_command(["-n", "4", sys.executable, "-m", "dist.train",
+                                        *small_run_args(mnist_h5, tmp_path, "twohosts")], slots=2)
+    two = subprocess.run(cmd, env=_env(limited_hosts), cwd=REPO, capture_output=True, text=True,
+                         timeout=150)
+    assert two.returncode == 0, two.stdout + two.stderr
+    tx1, _ = _tx_rx(b)
+    final = "ckpt-e002-s00000.h5"
+    theta_one = theta_of(tmp_path / "onehost" / final)
+    diff = rel_diff(theta_of(tmp_path / "twohosts" / final), theta_one)
+    print(f"\n2 hosts x 2 ranks over {LIMITED}: rel diff {diff:.3g}; {b} sent {tx1 - tx0} B")
+    assert diff < 1e-5
+    assert tx1 - tx0 > 24 * 4 * theta_one.size / 2    # at least half a gradient per step left b
