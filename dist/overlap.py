@@ -51,7 +51,7 @@ from __future__ import annotations
 import numpy as np
 
 from core.optim import SGD
-from dist.comm import Comm
+from dist.comm import Comm, Progress
 
 
 def bucket_ranges(param_offsets: list[int], size: int, bucket_bytes: float,
@@ -86,8 +86,11 @@ class OverlappedUpdate:
     transport = "MPI collectives, overlapped"
 
     def __init__(self, comm: Comm, theta: np.ndarray, grad: np.ndarray, opt: SGD,
-                 param_offsets: list[int], bucket_bytes: float):
+                 param_offsets: list[int], bucket_bytes: float, poll_thread: bool = True,
+                 shard: bool = True):
         self.comm, self.theta, self.grad, self.opt = comm, theta, grad, opt
+        self.shard = shard
+        self.progress = Progress() if poll_thread else None
         self.buckets = [Bucket(comm, lo, hi, grad.dtype)
                         for lo, hi in bucket_ranges(param_offsets, theta.size, bucket_bytes,
                                                     theta.itemsize)]
@@ -99,22 +102,34 @@ class OverlappedUpdate:
         the ones in flight so that MPI moves them on while backward computes."""
         while self.started < len(self.buckets) and self.buckets[self.started].lo >= p:
             b = self.buckets[self.started]
-            self.in_flight.append(self.comm.ireduce_scatter_sum(self.grad[b.lo:b.hi],
-                                                                b.my_grad, b.counts))
+            request = self.comm.ireduce_scatter_sum(self.grad[b.lo:b.hi], b.my_grad, b.counts) \
+                if self.shard else self.comm.iallreduce_sum_(self.grad[b.lo:b.hi])
+            if self.progress is not None:
+                self.progress.add(request)
+            else:
+                self.in_flight.append(request)
             self.started += 1
-        self.comm.test_all(self.in_flight)
+        if self.progress is None:
+            self.comm.test_all(self.in_flight)
 
     def reduce_gradient(self) -> None:
         """Start what backward did not (all of it, without the callback); wait for the rest."""
         self.grad_ready(0)
+        if self.progress is not None:
+            self.in_flight = self.progress.finish()
         self.comm.wait_all(self.in_flight)
         self.in_flight, self.started = [], 0
 
     def step(self, lr: float) -> None:
+        if not self.shard:
+            self.opt.step(self.theta, self.grad, lr)
+            return
         for b in self.buckets:
             self.opt.step(self.theta, b.my_grad, lr, lo=b.mine)
 
     def _gather(self, vector: np.ndarray) -> None:
+        if not self.shard:
+            return
         self.comm.wait_all([self.comm.iallgather_(vector[b.lo:b.hi], b.counts, b.displs)
                             for b in self.buckets])
 

@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 LINKS = ["unlimited", "1gbit:100us", "10gbit:20us"]
 TOPOLOGIES = [(1, 1), (1, 2), (2, 1), (2, 2), (4, 1), (4, 2)]
 PREDICT_HOSTS = [2, 4, 8, 16, 32, 64]
+EXTRA_MODES = [m for m in os.environ.get("SCALING_EXTRA_MODES", "").split(",") if m]
 
 
 # ---- inside one MPI job: time the step with each transport -------------------------------------
@@ -74,6 +75,12 @@ def job(preset: str, modes: list[str], seconds: float, blocks: int, data: str,
         "sharded": lambda opt: ShardedUpdate(comm, model.theta, model.grad, opt),
         "overlap": lambda opt: OverlappedUpdate(comm, model.theta, model.grad, opt,
                                                 model.param_offsets, bucket_mb * 2 ** 20),
+        "overlap-layers": lambda opt: OverlappedUpdate(comm, model.theta, model.grad, opt,
+                                                       model.param_offsets, bucket_mb * 2 ** 20,
+                                                       poll_thread=False),
+        "overlap-allreduce": lambda opt: OverlappedUpdate(comm, model.theta, model.grad, opt,
+                                                          model.param_offsets,
+                                                          bucket_mb * 2 ** 20, shard=False),
         "hierarchical": lambda opt: HierarchicalUpdate(comm, model.theta, model.grad, opt),
     }
     updates = {m: makers[m](build_optimizer(cfg, model, shard.steps)[0]) for m in modes}
@@ -135,7 +142,7 @@ def job(preset: str, modes: list[str], seconds: float, blocks: int, data: str,
 def modes_for(hosts: int, per_host: int) -> list[str]:
     if hosts == 1:
         return ["sharded"]
-    return ["sharded", "overlap"] + (["hierarchical"] if per_host > 1 else [])
+    return ["sharded", "overlap"] + (["hierarchical"] if per_host > 1 else []) + EXTRA_MODES
 
 
 def run_job(fh, hosts: int, per_host: int, preset: str, args) -> dict:
@@ -185,7 +192,7 @@ def drive(args) -> dict:
 
 
 def summary_line(row: dict) -> str:
-    modes = "  ".join(f"{m} {r['images_per_s']:7.0f} img/s wait {r['wait_ms']:6.1f} ms"
+    modes = "  ".join(f"{m} {r['images_per_s']:6.0f} img/s {r['compute_ms']:5.1f}+{r['wait_ms']:4.1f} ms"
                       for m, r in row["modes"].items())
     return (f"{row['preset']:<5} {row['hosts']}x{row['ranks_per_host']} {row['link']:<12} "
             f"r{row['repeat']}  {modes}")
