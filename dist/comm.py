@@ -185,32 +185,13 @@ class Comm:
             self.world.Allgatherv(MPI.IN_PLACE, spec)
         return buf
 
-    # -- the same halves started now and finished later (overlap with backward) -------------
-    def ireduce_scatter_sum(self, buf: np.ndarray, out: np.ndarray, counts: np.ndarray):
-        """``reduce_scatter_sum`` started in the background; returns a request for ``wait_all``.
-        MPICH moves it forward only while some rank polls (``test_all``) or waits."""
-        if self.size == 1:
-            out[...] = buf
-            return MPI.REQUEST_NULL
-        return self.world.Ireduce_scatter(buf, out, counts, op=MPI.SUM)
-
-    def iallgather_(self, buf: np.ndarray, counts: np.ndarray, displs: np.ndarray):
-        """``allgather_`` started in the background; returns a request for ``wait_all``."""
-        if self.size == 1:
-            return MPI.REQUEST_NULL
-        return self.world.Iallgatherv(MPI.IN_PLACE, [buf, counts, displs,
-                                                     MPI_FLOAT_TYPES[buf.dtype]])
-
+    # -- a sum started now and finished later (overlapped with backward) ---------------------
     def iallreduce_sum_(self, buf: np.ndarray):
-        """``allreduce_sum_`` started in the background; returns a request for ``wait_all``."""
+        """``allreduce_sum_`` started in the background; returns a request for ``wait_all``.
+        MPICH moves it on only while some thread of the rank is inside MPI (``progress``)."""
         if self.size == 1:
             return MPI.REQUEST_NULL
         return self.world.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
-
-    @staticmethod
-    def test_all(requests: list) -> bool:
-        """Poll: give MPI a chance to move the requests on; True when all have completed."""
-        return bool(MPI.Request.Testall(requests)) if requests else True
 
     def wait_all(self, requests: list) -> None:
         """Complete the requests (yielding the core meanwhile when ranks outnumber cores)."""
@@ -231,9 +212,9 @@ class Comm:
         """The ranks with this rank's node-local rank, one per node, in rank order."""
         return self._inherit(Comm(self.world.Split(color=self.local_rank, key=self.rank)))
 
-    def node_sizes(self) -> list[int]:
-        """Ranks on each node, per rank (a topology that is the same on every rank)."""
-        return self.world.allgather(self.local_size) if self.size > 1 else [1]
+    def progress(self) -> "Progress":
+        """A poller that moves this communicator's non-blocking collectives on (Progress)."""
+        return Progress()
 
     def _inherit(self, sub: "Comm") -> "Comm":
         sub.cores_per_rank, sub.oversubscribed = self.cores_per_rank, self.oversubscribed

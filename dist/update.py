@@ -57,6 +57,10 @@ class AllreduceUpdate:
         self.comm, self.theta, self.grad, self.opt = comm, theta, grad, opt
         self.lo, self.my_grad = 0, grad               # "my slice" is all of it: (P,)
 
+    def grad_ready(self, p: int) -> None:
+        """Backward's callback (``model.backward(dout, grad_ready=...)``): grad[p:] is final.
+        Only the overlapped update starts sending then; the others wait for backward's end."""
+
     def reduce_gradient(self) -> None:
         self.comm.allreduce_sum_(self.grad)
 
@@ -136,18 +140,120 @@ class SharedMemoryUpdate(ShardedUpdate):
             self.shared = None
 
 
+def bucket_ranges(layer_offsets, size: int, bucket_bytes: float,
+                  itemsize: int = 4) -> list[tuple[int, int]]:
+    """Cut the arena [0, size) into contiguous (lo, hi) ranges of whole layers, from its end:
+    bucket 0 holds the last layers (backward finishes them first). A bucket closes once it
+    holds at least ``bucket_bytes``; a layer larger than that is a bucket of its own."""
+    starts = sorted({p for p in layer_offsets if p < size} | {0}, reverse=True)
+    buckets, hi = [], size
+    for lo in starts:
+        if (hi - lo) * itemsize >= bucket_bytes or lo == 0:
+            buckets.append((lo, hi))
+            hi = lo
+    return buckets
+
+
+class OverlappedUpdate(AllreduceUpdate):
+    """The allreduce update in buckets, each summed while backward computes the layers before."""
+    transport = "overlapped"
+
+    def __init__(self, comm: Comm, theta: np.ndarray, grad: np.ndarray, opt: SGD,
+                 layer_offsets=(0,), bucket_bytes: float = 2 ** 19):
+        super().__init__(comm, theta, grad, opt)
+        self.buckets = bucket_ranges(layer_offsets, theta.size, bucket_bytes, theta.itemsize)
+        self.started = 0                    # buckets[:started] are on their way
+        self.progress = comm.progress()     # polls them while numpy computes
+
+    def grad_ready(self, p: int) -> None:
+        while self.started < len(self.buckets) and self.buckets[self.started][0] >= p:
+            lo, hi = self.buckets[self.started]
+            self.progress.add(self.comm.iallreduce_sum_(self.grad[lo:hi]))
+            self.started += 1
+
+    def reduce_gradient(self) -> None:
+        """Start what backward did not (all of it, without the callback); wait for the rest."""
+        self.grad_ready(0)
+        self.comm.wait_all(self.progress.finish())
+        self.started = 0
+
+
+class HierarchicalUpdate(AllreduceUpdate):
+    """The sharded update in three hops: shared memory in the host, MPI across hosts, back."""
+    transport = "hierarchical"
+
+    @staticmethod
+    def fits(comm: Comm) -> bool:
+        """Several hosts with the same number (> 1) of ranks each."""
+        return comm.size > comm.local_size > 1 and len(set(comm.allgather(comm.local_size))) == 1
+
+    def __init__(self, comm: Comm, theta: np.ndarray, grad: np.ndarray, opt: SGD):
+        super().__init__(comm, theta, grad, opt)
+        self.node, self.across = comm.node(), comm.across_nodes()
+        p = theta.size
+        # Slice l of the arena belongs to local rank l; within it, part h to host h.
+        self.host_counts, self.host_displs = self.node.partition(p)
+        self.slice = slice(int(self.host_displs[self.node.rank]),
+                           int(self.host_displs[self.node.rank] + self.host_counts[self.node.rank]))
+        self.counts, self.displs = self.across.partition(self.slice.stop - self.slice.start)
+        self.lo = self.slice.start + int(self.displs[self.across.rank])
+        self.my_grad = np.empty(int(self.counts[self.across.rank]), grad.dtype)
+        self.host_sum = np.empty(self.slice.stop - self.slice.start, grad.dtype)
+        # Per local rank: its whole gradient (P), then its slice of the new theta.
+        self.shared = self.node.shared_vectors(p + int(self.host_counts.max()), theta.dtype)
+
+    def reduce_gradient(self) -> None:
+        self.shared.mine[:self.grad.size] = self.grad
+        self.shared.sync()                                  # the host's gradients are in place
+        first, *others = self.shared.vectors
+        np.copyto(self.host_sum, first[self.slice])
+        for other in others:                                # local-rank order: a fixed sum
+            self.host_sum += other[self.slice]
+        self.across.reduce_scatter_sum(self.host_sum, self.my_grad, self.counts)
+
+    def gather_parameters(self) -> None:
+        self.across.allgather_(self.theta[self.slice], self.counts, self.displs)  # slice l
+        p, n = self.theta.size, self.slice.stop - self.slice.start
+        self.shared.mine[p:p + n] = self.theta[self.slice]
+        self.shared.sync()                                  # every local slice is in place
+        for rank, other in enumerate(self.shared.vectors):
+            if rank != self.node.rank:
+                lo, n = int(self.host_displs[rank]), int(self.host_counts[rank])
+                self.theta[lo:lo + n] = other[p:p + n]
+
+    def gather_velocity(self) -> None:
+        velocity = self.opt.velocity
+        self.across.allgather_(velocity[self.slice], self.counts, self.displs)
+        self.node.allgather_(velocity, self.host_counts, self.host_displs)
+
+    def close(self) -> None:
+        if self.shared is not None:
+            self.shared.free()
+            self.shared = None
+
+
 def make_update(comm: Comm, theta: np.ndarray, grad: np.ndarray, opt: SGD,
-                kind: str = "auto") -> AllreduceUpdate:
+                kind: str = "auto", layer_offsets=(0,), bucket_mb: float = 0.5,
+                overlap: bool = True, hierarchical: bool = True) -> AllreduceUpdate:
     """The update for this topology: one rank has nothing to reduce (plain); ranks that all
-    share a node use the shared-memory window; otherwise MPI's reduce-scatter and all-gather.
-    ``kind`` forces one (config ``comm.update``), e.g. to compare them."""
+    share a node use the shared-memory window; several hosts with several ranks each sum
+    within the host first (``hierarchical``); one rank per host sends buckets during backward
+    (``overlap``; ``layer_offsets``: where each layer starts in theta, ``Model.param_offsets``);
+    otherwise MPI's reduce-scatter and all-gather. ``kind`` forces one (config ``comm.update``),
+    e.g. to compare them."""
     if kind == "auto":
         kind = "allreduce" if comm.size == 1 else \
-            "shared-memory" if comm.single_node else "sharded"
+            "shared-memory" if comm.single_node else \
+            "hierarchical" if hierarchical and HierarchicalUpdate.fits(comm) else \
+            "overlapped" if overlap else "sharded"
     if kind == "shared-memory" and not comm.single_node:
         kind = "sharded"              # a window needs every rank on one node
+    if kind == "hierarchical" and not HierarchicalUpdate.fits(comm):
+        kind = "sharded"              # needs several hosts with the same ranks each
     if comm.size == 1:
         kind = "allreduce"            # nothing to shard: the sums are no-ops
+    if kind == "overlapped":
+        return OverlappedUpdate(comm, theta, grad, opt, layer_offsets, bucket_mb * 2 ** 20)
     cls = {"allreduce": AllreduceUpdate, "sharded": ShardedUpdate,
-           "shared-memory": SharedMemoryUpdate}[kind]
+           "shared-memory": SharedMemoryUpdate, "hierarchical": HierarchicalUpdate}[kind]
     return cls(comm, theta, grad, opt)

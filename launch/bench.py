@@ -67,7 +67,8 @@ from dist.comm import Comm, install_abort_hook
 from dist.config import CONFIG_DIR, KINDS, load_config
 from dist.errors import ExpectedError
 from dist.evaluate import evaluate
-from dist.train import Clock, build_model, build_optimizer, local_batch, train_step
+from dist.train import (Clock, build_model, build_optimizer, build_update, local_batch,
+                        train_step)
 from dist.update import make_update
 from launch.bench_table import PHASES, format_table, train_flops
 from launch.fakehosts import MPIRUN
@@ -148,7 +149,7 @@ def bench_preset(comm: Comm, name: str, data_path: str, threads: int, args) -> d
     shard = read_epoch_shard(data_path, seed, 0, comm.rank, comm.size, batch,
                              split_seed=cfg.data.split_seed, val_size=cfg.data.val_size)
     opt, _ = build_optimizer(cfg, model, shard.steps)
-    update = make_update(comm, model.theta, model.grad, opt, args.update)
+    update = build_update(cfg, comm, model, opt, args.update)
     loss_fn, lr = LOSSES[cfg.model.loss], cfg.optim.lr * 0.1   # small lr: stays finite
     k = 0
 

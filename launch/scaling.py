@@ -7,9 +7,9 @@
 For every preset, link and topology (H hosts x L ranks, launch/fakehosts.py; one host needs no
 link) one MPI job runs dist.train's step on real MNIST with each update transport that fits
 the topology, alternating timed blocks between them so they see the same moments of a shared
-machine: "sharded" (reduce-scatter, step, all-gather after backward; MPI collectives across
-hosts, shared memory on one), "overlap" (the same in buckets started during backward) and, with
-several ranks per host, "hierarchical" (dist/overlap.py). The limited and the unlimited links
+machine (dist/update.py): "sharded" (reduce-scatter, step, all-gather, after backward),
+"overlapped" (allreduce of buckets started during backward) and, with several ranks per host,
+"hierarchical" (shared memory in the host, MPI across); one host runs dist.train's own choice. The limited and the unlimited links
 run back to back for each (preset, topology), and everything is repeated: compare ratios of
 neighbours, not absolute figures, on a loaded machine.
 
@@ -44,12 +44,12 @@ REPO = Path(__file__).resolve().parents[1]
 LINKS = ["unlimited", "1gbit:100us", "10gbit:20us"]
 TOPOLOGIES = [(1, 1), (1, 2), (2, 1), (2, 2), (4, 1), (4, 2)]
 PREDICT_HOSTS = [2, 4, 8, 16, 32, 64]
-EXTRA_MODES = [m for m in os.environ.get("SCALING_EXTRA_MODES", "").split(",") if m]
 
 
 # ---- inside one MPI job: time the step with each transport -------------------------------------
-def job(preset: str, modes: list[str], seconds: float, blocks: int, data: str,
+def job(preset: str, kinds: list[str], seconds: float, blocks: int, data: str,
         bucket_mb: float) -> dict | None:
+    """Time dist.train's step (train_step) with each update kind in turn; rank 0 gets the row."""
     from threadpoolctl import threadpool_limits
 
     from core.losses import LOSSES
@@ -57,92 +57,70 @@ def job(preset: str, modes: list[str], seconds: float, blocks: int, data: str,
     from data.shards import read_epoch_shard
     from dist.comm import Comm, install_abort_hook
     from dist.config import load_config
-    from dist.overlap import HierarchicalUpdate, OverlappedUpdate
-    from dist.train import build_model, build_optimizer, local_batch
-    from dist.update import ShardedUpdate
+    from dist.train import (Clock, build_model, build_optimizer, build_update, local_batch,
+                            train_step)
 
     comm = Comm()
     install_abort_hook(comm)
     threadpool_limits(1)
     np.seterr(over="ignore", invalid="ignore", divide="ignore")
-    cfg = load_config(preset)
+    cfg = load_config(preset, overrides=[f"comm.bucket_mb={bucket_mb}"])
     batch = cfg.train.batch_size
     model = build_model(cfg, comm)
     shard = read_epoch_shard(data or str(default_path()), cfg.train.seed, 0, comm.rank,
                              comm.size, batch, split_seed=cfg.data.split_seed,
                              val_size=cfg.data.val_size)
-    makers = {
-        "sharded": lambda opt: ShardedUpdate(comm, model.theta, model.grad, opt),
-        "overlap": lambda opt: OverlappedUpdate(comm, model.theta, model.grad, opt,
-                                                model.param_offsets, bucket_mb * 2 ** 20),
-        "overlap-layers": lambda opt: OverlappedUpdate(comm, model.theta, model.grad, opt,
-                                                       model.param_offsets, bucket_mb * 2 ** 20,
-                                                       poll_thread=False),
-        "overlap-allreduce": lambda opt: OverlappedUpdate(comm, model.theta, model.grad, opt,
-                                                          model.param_offsets,
-                                                          bucket_mb * 2 ** 20, shard=False),
-        "hierarchical": lambda opt: HierarchicalUpdate(comm, model.theta, model.grad, opt),
-    }
-    updates = {m: makers[m](build_optimizer(cfg, model, shard.steps)[0]) for m in modes}
+    updates = {kind: build_update(cfg, comm, model, build_optimizer(cfg, model, shard.steps)[0],
+                                  kind) for kind in kinds}
     loss_fn, lr = LOSSES[cfg.model.loss], cfg.optim.lr * 0.1
     k = 0
 
-    def step(update, split):
+    def step(update, clock):
         nonlocal k
         x, y, noise = local_batch(cfg, shard, k % shard.steps, epoch=0)
-        t1 = time.perf_counter()
-        out = model.forward(x, train=True, noise=noise)
-        _, dout = loss_fn(out, y, divisor=batch)
-        model.backward(dout, grad_ready=getattr(update, "grad_ready", None))
-        t2 = time.perf_counter()
-        update.reduce_gradient()
-        t3 = time.perf_counter()
-        update.step(lr)
-        t4 = time.perf_counter()
-        update.gather_parameters()
-        t5 = time.perf_counter()
-        split += (t2 - t1 + t4 - t3, t3 - t2 + t5 - t4)      # compute, wait
+        clock.lap("data")
+        train_step(model, loss_fn, update, x, y, noise, lr, batch, clock)
         k += 1
 
     for update in updates.values():                           # warm-up
         for _ in range(2):
-            step(update, np.zeros(2))
+            step(update, Clock())
     probe = time.perf_counter()
-    step(updates[modes[0]], np.zeros(2))
-    per_step = max(comm.world.allgather(time.perf_counter() - probe)) if comm.size > 1 \
-        else time.perf_counter() - probe
-    steps = max(3, int(seconds / max(per_step, 1e-4)))
-    results = {m: [] for m in modes}
+    step(updates[kinds[0]], Clock())
+    steps = max(3, int(seconds / max(max(comm.allgather(time.perf_counter() - probe)), 1e-4)))
+    results = {kind: [] for kind in kinds}
     for _ in range(blocks):
-        for mode, update in updates.items():                  # alternate: same moments
+        for kind, update in updates.items():                  # alternate: same moments
             comm.barrier()
-            split, t = np.zeros(2), time.perf_counter()
+            clock, t = Clock(), time.perf_counter()
             for _ in range(steps):
-                step(update, split)
-            wall = time.perf_counter() - t
-            wall = max(comm.world.allgather(wall)) if comm.size > 1 else wall
-            split = comm.allreduce_sum(split) / comm.size / steps
-            results[mode].append({"images_per_s": steps * batch / wall,
+                step(update, clock)
+            wall = max(comm.allgather(time.perf_counter() - t))
+            s = clock.seconds
+            split = comm.allreduce_sum(np.array([s["forward"] + s["backward"] + s["optimizer"],
+                                                 s["allreduce"]])) / comm.size / steps
+            results[kind].append({"images_per_s": steps * batch / wall,
                                   "compute_ms": 1e3 * split[0], "wait_ms": 1e3 * split[1]})
-    transports = {m: u.transport for m, u in updates.items()}
+    transports = {kind: u.transport for kind, u in updates.items()}
     for update in updates.values():
         update.close()
     if not comm.is_root:
         return None
     row = {"preset": preset, "params": int(model.theta.size), "batch_size": batch,
            "steps_per_block": steps, "modes": {}}
-    for mode, blocks_ in results.items():
-        best = max(blocks_, key=lambda b: b["images_per_s"])
-        row["modes"][mode] = {**best, "transport": transports[mode],
-                              "blocks_images_per_s": [b["images_per_s"] for b in blocks_]}
+    for kind, got in results.items():
+        best = max(got, key=lambda b: b["images_per_s"])
+        row["modes"][kind] = {**best, "transport": transports[kind],
+                              "blocks_images_per_s": [b["images_per_s"] for b in got]}
     return row
 
 
 # ---- the driver: fake hosts per link, one job per (preset, topology, link) ---------------------
 def modes_for(hosts: int, per_host: int) -> list[str]:
+    """The update kinds worth comparing on H hosts x L ranks (dist/update.py)."""
     if hosts == 1:
-        return ["sharded"]
-    return ["sharded", "overlap"] + (["hierarchical"] if per_host > 1 else []) + EXTRA_MODES
+        return ["auto"]                 # shared memory (or nothing to sum)
+    return ["sharded", "overlapped"] + (["hierarchical"] if per_host > 1 else [])
 
 
 def run_job(fh, hosts: int, per_host: int, preset: str, args) -> dict:
@@ -211,7 +189,8 @@ def median_over_repeats(rows, **key) -> dict:
 
 
 def paired_ratio(rows, preset, hosts, per_host, link, mode, base_link="unlimited"):
-    """Median over repeats of images/s on `link` / on `base_link`, measured back to back."""
+    """Median over repeats of images/s on `link` / on `base_link` with the same update kind,
+    measured back to back."""
     ratios = []
     for rep in sorted({r["repeat"] for r in rows}):
         a = [r for r in rows if (r["preset"], r["hosts"], r["ranks_per_host"], r["link"],
@@ -219,7 +198,7 @@ def paired_ratio(rows, preset, hosts, per_host, link, mode, base_link="unlimited
         b = [r for r in rows if (r["preset"], r["hosts"], r["ranks_per_host"], r["link"],
                                  r["repeat"]) == (preset, hosts, per_host, base_link, rep)]
         if a and b:
-            ratios.append(a[0]["modes"][mode]["images_per_s"] / b[0]["modes"]["sharded"]["images_per_s"])
+            ratios.append(a[0]["modes"][mode]["images_per_s"] / b[0]["modes"][mode]["images_per_s"])
     return (float(np.median(ratios)), ratios) if ratios else (None, [])
 
 
@@ -254,7 +233,7 @@ def analyse(result: dict) -> dict:
     for preset in presets:
         for hosts, per_host in sorted({(r["hosts"], r["ranks_per_host"]) for r in rows}):
             one = median_over_repeats(rows, preset=preset, hosts=1, ranks_per_host=per_host,
-                                      link="local").get("sharded")
+                                      link="local").get("auto")
             for link in (links if hosts > 1 else ["local"]):
                 med = median_over_repeats(rows, preset=preset, hosts=hosts,
                                           ranks_per_host=per_host, link=link)
@@ -265,7 +244,7 @@ def analyse(result: dict) -> dict:
                                   "link": link, "mode": mode, **m,
                                   "efficiency_vs_one_host":
                                       m["images_per_s"] / (hosts * one["images_per_s"]) if one else None,
-                                  "vs_unlimited_sharded": vs_unlimited})
+                                  "vs_unlimited": vs_unlimited})
     fits = {link: fit_link(rows, link) for link in links}
     predictions = []
     for link, fit in fits.items():
@@ -275,12 +254,12 @@ def analyse(result: dict) -> dict:
             params = next(r["params"] for r in rows if r["preset"] == preset)
             two = median_over_repeats(rows, preset=preset, hosts=2, ranks_per_host=1, link=link)
             four = median_over_repeats(rows, preset=preset, hosts=4, ranks_per_host=1, link=link)
-            for mode in ("sharded", "overlap"):
+            for mode in ("sharded", "overlapped"):
                 if mode not in two:
                     continue
                 compute = two[mode]["compute_ms"] / 1e3
                 hidden = max(0.0, comm_model(2, params, fit["alpha_s"], fit["beta_s_per_byte"])
-                             - two[mode]["wait_ms"] / 1e3) if mode == "overlap" else 0.0
+                             - two[mode]["wait_ms"] / 1e3) if mode == "overlapped" else 0.0
                 for hosts in PREDICT_HOSTS:
                     wait = max(0.0, comm_model(hosts, params, fit["alpha_s"],
                                                fit["beta_s_per_byte"]) - hidden)
@@ -297,13 +276,13 @@ def targets(result: dict) -> list[str]:
     cnn >= 90%, with overlap); hierarchical against flat at 2 x 2."""
     rows, lines = result["rows"], []
     for preset, goal in (("best", 0.95), ("cnn", 0.90), ("mlp", None)):
-        for mode in ("overlap", "sharded"):
+        for mode in ("overlapped", "sharded"):
             ratio, all_ = paired_ratio(rows, preset, 2, 1, "1gbit:100us", mode)
             if ratio is not None:
                 lines.append(f"{preset:<5} 2x1 1gbit:100us {mode:<8} / unlimited: {ratio:.3f} "
                              f"(repeats {', '.join(f'{r:.3f}' for r in all_)})"
                              + (f"  target {goal:.2f}: {'met' if ratio >= goal else 'MISSED'}"
-                                if goal and mode == "overlap" else ""))
+                                if goal and mode == "overlapped" else ""))
     for preset in sorted({r["preset"] for r in rows}):
         for link in sorted({r["link"] for r in rows if r["ranks_per_host"] == 2 and r["hosts"] == 2}):
             pairs = [r["modes"]["hierarchical"]["images_per_s"] / r["modes"]["sharded"]["images_per_s"]
@@ -326,13 +305,13 @@ def plot(result: dict, path: Path) -> None:
     colours = dict(zip(links, ["tab:blue", "tab:orange", "tab:green", "tab:red"]))
     for ax, preset in zip(axes[0], presets):
         for link in links:
-            for mode, style in (("sharded", "--"), ("overlap", "-")):
+            for mode, style in (("sharded", "--"), ("overlapped", "-")):
                 pts = [p for p in result["predictions"]
                        if (p["preset"], p["link"], p["mode"]) == (preset, link, mode)]
                 if pts:
                     ax.plot([p["hosts"] for p in pts], [100 * p["efficiency"] for p in pts],
                             style, color=colours[link], label=f"{link} {mode} (model)")
-            for mode, marker in (("sharded", "x"), ("overlap", "o")):
+            for mode, marker in (("sharded", "x"), ("overlapped", "o")):
                 meas = [t for t in result["table"] if (t["preset"], t["link"], t["mode"],
                                                        t["ranks_per_host"]) == (preset, link, mode, 1)]
                 for t in meas:   # measured: compute / (compute + wait), as the model
@@ -344,7 +323,7 @@ def plot(result: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("% of compute-only step rate")
     axes[0][-1].legend(fontsize=7, loc="lower left")
-    fig.suptitle("lines: alpha-beta model fitted on 2 hosts; x sharded, o overlap: measured")
+    fig.suptitle("lines: alpha-beta model fitted on 2 hosts; x sharded, o overlapped: measured")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
