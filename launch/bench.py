@@ -8,6 +8,7 @@
     python -m launch.bench --quick --out /tmp/b.json     # a few steps: checks that it runs
     python -m launch.bench --ranks 2 --update allreduce  # another update kind (dist/update.py)
     python -m launch.bench --layers --presets cnn        # ms per layer, forward and backward
+    python -m launch.bench --links unlimited,1gbit:100us # across fake hosts (launch/scaling.py)
 
 What a step is: dist.train's own ``train_step`` on real MNIST (data.prepare.ensure_dataset()),
 after dist.train's ``local_batch``: keyed augmentation (if the preset asks) and normalize
@@ -400,6 +401,9 @@ def print_layer_times(name: str, rows: list[dict]) -> None:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--links" or a.startswith("--links=") for a in argv):
+        from launch.scaling import main as scaling   # hosts and links: its own options
+        return scaling(argv)
     try:
         return measure(argv)
     except (ExpectedError, DataError) as err:       # every rank gets here (Comm.agree)
