@@ -7,6 +7,10 @@ A thin wrapper over mpi4py in the spirit of ChainerMN's communicators:
   (``MPI.IN_PLACE``, the buffer protocol: no pickling of arrays);
 * ``partition``, ``reduce_scatter_sum`` and ``allgather_``: the two halves of an allreduce,
   for the update that each rank does on its own slice of the parameters (dist/update.py);
+* ``iallreduce_sum_``, ``test_all``, ``wait_all``: a sum started during backward, polled
+  between layers and completed after it (the overlapped update);
+* ``node()`` and ``across_nodes()``: the ranks of this host, and one rank of every host (the
+  hierarchical update);
 * ``shared_vectors(n)``: when every rank is on one node, one MPI shared-memory window in which
   each rank owns n floats that all the others can read -- the same two halves done with plain
   numpy reads and two barriers per step, instead of MPI's message handshakes;
@@ -30,7 +34,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
 import traceback
 
@@ -188,10 +191,16 @@ class Comm:
     # -- a sum started now and finished later (overlapped with backward) ---------------------
     def iallreduce_sum_(self, buf: np.ndarray):
         """``allreduce_sum_`` started in the background; returns a request for ``wait_all``.
-        MPICH moves it on only while some thread of the rank is inside MPI (``progress``)."""
+        MPICH moves it on only while the rank is inside MPI: poll it with ``test_all``."""
         if self.size == 1:
             return MPI.REQUEST_NULL
         return self.world.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+
+    @staticmethod
+    def test_all(requests: list) -> bool:
+        """Poll: let MPI move the requests on (MPICH progresses them only inside MPI calls);
+        True when all have completed."""
+        return bool(MPI.Request.Testall(requests)) if requests else True
 
     def wait_all(self, requests: list) -> None:
         """Complete the requests (yielding the core meanwhile when ranks outnumber cores)."""
@@ -211,10 +220,6 @@ class Comm:
     def across_nodes(self) -> "Comm":
         """The ranks with this rank's node-local rank, one per node, in rank order."""
         return self._inherit(Comm(self.world.Split(color=self.local_rank, key=self.rank)))
-
-    def progress(self) -> "Progress":
-        """A poller that moves this communicator's non-blocking collectives on (Progress)."""
-        return Progress()
 
     def _inherit(self, sub: "Comm") -> "Comm":
         sub.cores_per_rank, sub.oversubscribed = self.cores_per_rank, self.oversubscribed
@@ -330,52 +335,6 @@ class SharedVectors:
             self.win.Unlock_all()
             self.win.Free()
             self.win, self.vectors, self.mine = None, [], None
-
-
-class Progress:
-    """Keeps non-blocking collectives moving while the main thread computes.
-
-    MPICH advances a collective only inside an MPI call. Between two layers of backward the
-    main thread polls, but a long layer (a convolution's GEMMs) would leave a reduce-scatter
-    standing for tens of milliseconds. This thread polls the requests in flight every
-    ``interval`` seconds and sleeps in between; numpy's large operations release the GIL, so it
-    runs beside them. (MPICH_ASYNC_PROGRESS=1 does the same with a thread that spins a core:
-    on a machine with a core per rank it slowed cnn's step down by half.)
-
-        progress = Progress()
-        progress.add(comm.ireduce_scatter_sum(...))   # starts the thread on first use
-        comm.wait_all(progress.finish())              # the thread stops; the rest waits here
-    """
-
-    def __init__(self, interval: float = 2e-4):
-        self.interval = interval
-        self.requests: list = []
-        self.thread = None
-        self.stop = threading.Event()
-
-    def add(self, request) -> None:
-        self.requests.append(request)        # list.append is atomic under the GIL
-        if self.thread is None:
-            self.stop.clear()
-            self.thread = threading.Thread(target=self._poll, daemon=True)
-            self.thread.start()
-
-    def _poll(self) -> None:
-        while not self.stop.is_set():
-            if MPI.Request.Testall(list(self.requests)):
-                if self.stop.wait(self.interval):
-                    return
-            else:
-                time.sleep(self.interval)
-
-    def finish(self) -> list:
-        """Stop polling (the caller completes the requests) and hand the requests back."""
-        if self.thread is not None:
-            self.stop.set()
-            self.thread.join()
-            self.thread = None
-        requests, self.requests = self.requests, []
-        return requests
 
 
 def install_abort_hook(comm: Comm) -> None:

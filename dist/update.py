@@ -1,6 +1,6 @@
 """The synchronous SGD update: the gradient summed over ranks, then one optimizer step.
 
-Every rank must end the step with the same new theta. Three ways, one small class each, behind
+Every rank must end the step with the same new theta. Five ways, one small class each, behind
 one constructor (``make_update``) that picks by topology:
 
 ``AllreduceUpdate`` -- the baseline a reader understands first. Allreduce the gradient (every
@@ -25,13 +25,52 @@ straight out of everybody's parts, in rank order (so the sum does not depend on 
 the step it publishes its updated slice the same way and copies the others' after a second
 barrier. Two barriers and the copies, not MPI's chunk-by-chunk handshakes.
 
+Across hosts the network is the cost, and two more ways cut it:
+
+``OverlappedUpdate`` -- the allreduce update, sent while backward still runs (PyTorch DDP's
+buckets, Li et al. 2020). Backward computes the last layer's gradient first, and the last
+layer's parameters sit at the end of the arena, so the arena is cut from its end into buckets
+of whole layers of about ``comm.bucket_mb`` each (the arena's layout, and so the checkpoints,
+stay as they are):
+
+    theta: [ layer 1 | layer 2 | layer 3 | ... | layer L-1 | layer L ]
+            \____ bucket 2 ____/\___ bucket 1 ___/\____ bucket 0 _____/
+
+``model.backward(dout, grad_ready=update.grad_ready)`` calls back after every layer; once a
+bucket's gradient is complete, its allreduce starts (non-blocking) and backward goes on with
+the layers before it; ``reduce_gradient`` waits only for what is still in flight. MPICH moves
+a non-blocking collective on only inside an MPI call, so ``grad_ready`` also polls the buckets
+in flight between layers (a polling thread, or MPICH_ASYNC_PROGRESS=1, cost more compute than
+they hid on a 2-core machine: launch/scaling.py). Why an allreduce per bucket and not the
+sharded halves: the all-gather of a sharded step carries the *new* theta, which exists only
+after the step, so it could not hide behind backward; an allreduce moves the same bytes (its
+reduce-scatter and all-gather inside), all of them during backward. The price is the
+optimizer over every parameter on every rank, as in the plain update. Each bucket is summed
+by the same MPI algorithm at every step (fixed order: resume is exact); against the
+one-piece allreduce the sums agree within float rounding (bitwise with 4 ranks, measured).
+
+``HierarchicalUpdate`` -- several ranks on each host (Horovod's hierarchical allreduce, NCCL's
+rings per local rank). With L ranks on each of H hosts, the flat reduce-scatter sends every
+rank's share through the host's link; here it goes in three hops:
+
+    within the host   the L ranks sum their gradients through shared memory; local rank l
+                      gets the host's sum of slice l (of L slices of the arena)
+    across hosts      the H ranks with local rank l reduce-scatter slice l over MPI: each owns
+                      1/H of it, summed over all ranks, steps it, and all-gathers slice l
+    within the host   each local rank publishes its new slice l; the others copy it
+
+so a host sends one gradient's worth, spread over its L ranks, not L of them. The sums run
+in local-rank order inside the host, then in MPI's order across hosts: against the flat
+update they agree within float rounding (not bitwise in general). It needs the same number
+of ranks on every host (else the flat sharded update is used).
+
 The sums are the plain allreduce's up to float summation order, and the update of an element
 does not depend on which rank computes it, so the world-size invariance holds. With sharding,
 each rank's velocity is current on its own slice only: ``gather_velocity()`` makes it whole
 on every rank before a checkpoint; a resumed run hands every rank the whole vector.
 
     update = make_update(comm, model.theta, model.grad, opt)     # or kind="allreduce", ...
-    model.backward(dout)              # fills model.grad with this rank's gradient
+    model.backward(dout, grad_ready=update.grad_ready)   # this rank's gradient, in model.grad
     update.reduce_gradient()          # the summed gradient (of this rank's slice)
     update.step(lr)                   # SGD on this rank's slice of theta (all of it: plain)
     update.gather_parameters()        # theta whole again, the same on every rank
@@ -39,8 +78,10 @@ on every rank before a checkpoint; a resumed run hands every rank the whole vect
     update.gather_velocity()          # before writing a checkpoint
     update.close()                    # collective: frees the shared-memory window
 
-Tested by tests/test_dist_invariance.py (n ranks against 1, bitwise resume) and
-tests/comm_probe.py (every kind gives the same theta); launch.bench times them side by side.
+Tested by tests/test_dist_invariance.py (n ranks against 1, bitwise resume),
+tests/comm_probe.py (every kind gives the same theta), tests/test_dist_overlap.py (overlapped
+against allreduce and 1 rank, resume) and tests/test_launch_multihost.py (hierarchical against
+flat on 2 hosts x 2 ranks); launch.bench times them side by side, launch.scaling across hosts.
 """
 from __future__ import annotations
 
@@ -162,20 +203,22 @@ class OverlappedUpdate(AllreduceUpdate):
                  layer_offsets=(0,), bucket_bytes: float = 2 ** 19):
         super().__init__(comm, theta, grad, opt)
         self.buckets = bucket_ranges(layer_offsets, theta.size, bucket_bytes, theta.itemsize)
-        self.started = 0                    # buckets[:started] are on their way
-        self.progress = comm.progress()     # polls them while numpy computes
+        self.in_flight = []                 # requests of the buckets started this step
 
     def grad_ready(self, p: int) -> None:
-        while self.started < len(self.buckets) and self.buckets[self.started][0] >= p:
-            lo, hi = self.buckets[self.started]
-            self.progress.add(self.comm.iallreduce_sum_(self.grad[lo:hi]))
-            self.started += 1
+        """Start every bucket that is now complete; poll those in flight (MPICH moves them on
+        only inside an MPI call, so this poll between layers is what overlaps them)."""
+        while len(self.in_flight) < len(self.buckets) and \
+                self.buckets[len(self.in_flight)][0] >= p:
+            lo, hi = self.buckets[len(self.in_flight)]
+            self.in_flight.append(self.comm.iallreduce_sum_(self.grad[lo:hi]))
+        self.comm.test_all(self.in_flight)
 
     def reduce_gradient(self) -> None:
         """Start what backward did not (all of it, without the callback); wait for the rest."""
         self.grad_ready(0)
-        self.comm.wait_all(self.progress.finish())
-        self.started = 0
+        self.comm.wait_all(self.in_flight)
+        self.in_flight = []
 
 
 class HierarchicalUpdate(AllreduceUpdate):

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -147,6 +148,7 @@ def drive(args) -> dict:
     from launch.wire import LinkSpec
     sets: dict[tuple[str, int], FakeHosts] = {}
     rows = []
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # still take the hosts down
     try:
         for repeat in range(args.repeats):
             for preset in args.presets:
