@@ -33,8 +33,8 @@ layer's parameters sit at the end of the arena, so the arena is cut from its end
 of whole layers of about ``comm.bucket_mb`` each (the arena's layout, and so the checkpoints,
 stay as they are):
 
-    theta: [ layer 1 | layer 2 | layer 3 | ... | layer L-1 | layer L ]
-            \____ bucket 2 ____/\___ bucket 1 ___/\____ bucket 0 _____/
+    theta:  [ layer 1 | layer 2 | layer 3 | ... | layer L-1 | layer L ]
+    buckets: <----- bucket 2 -----><---- bucket 1 ----><--- bucket 0 --->
 
 ``model.backward(dout, grad_ready=update.grad_ready)`` calls back after every layer; once a
 bucket's gradient is complete, its allreduce starts (non-blocking) and backward goes on with
