@@ -165,6 +165,9 @@ def drive(args) -> dict:
                         row.update(link=link, hosts=hosts, ranks_per_host=per_host, repeat=repeat)
                         rows.append(row)
                         print(summary_line(row), flush=True)
+                        partial = Path(args.out).with_suffix(".partial.json")
+                        partial.parent.mkdir(parents=True, exist_ok=True)
+                        partial.write_text(json.dumps({"rows": rows}))   # --from-json reads it
     finally:
         for fh in sets.values():
             fh.down()

@@ -20,6 +20,7 @@ creating them. Namespaces get unique names per run and are removed even when a t
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -31,6 +32,7 @@ import time
 import pytest
 
 from launch.fakehosts import IFACE, WRAPPER, FakeHosts, FakeHostsError, _ip, measure
+from launch.fakehosts import netns_names as _netns
 from launch.wire import LinkSpec
 from tests.dist_helpers import REPO, env, rel_diff, run_job, small_run_args, theta_of
 
@@ -190,3 +192,41 @@ def test_two_hosts_of_two_ranks_over_a_limited_link_match_one_host(limited_hosts
     assert diff < 1e-5
     assert rel_diff(theta["hierarchical"], theta["onehost"]) < 1e-5
     assert sent["hierarchical"] > 24 * 4 * theta["onehost"].size / 2   # half a gradient a step
+
+
+def test_link_specs_are_read_or_refused_in_one_line():
+    def fields(text):
+        return pytest.approx(dataclasses.astuple(LinkSpec.parse(text)))
+    assert fields("1gbit:100us") == (1e9, 1e-4, 0, 0)
+    assert fields("10gbit:20us:5us:0.1%") == (1e10, 2e-5, 5e-6, 1e-3)
+    assert fields(str(LinkSpec(1e9, 1e-4))) == (1e9, 1e-4, 0, 0)
+    assert LinkSpec.parse("unlimited") == LinkSpec() and not LinkSpec().needs_wire
+    for bad, says in (("1gbps:100us", "needs a unit"), ("1gbit:100", "needs a unit"),
+                      ("1gbit:10us:20us", "jitter must not exceed"), ("1gbit:1ms:0us:5", "0.1%"),
+                      ("1:2:3:4:5", "RATE[:DELAY")):
+        with pytest.raises(ValueError, match=re.escape(says)):
+            LinkSpec.parse(bad)
+    out = subprocess.run([sys.executable, "-m", "launch.fakehosts", "up", "--link", "fast"],
+                         cwd=REPO, env=env(), capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "--link 'fast'" in out.stderr
+
+
+def test_the_scaling_benchmark_runs_over_limited_links(limited_hosts, mnist_h5, tmp_path):
+    """launch.bench --links (launch/scaling.py), tiny: 1 and 2 hosts, unlimited and limited
+    links, every update kind; the JSON has the rows, a fit per link and the plot exists."""
+    out = tmp_path / "scaling.json"
+    before = set(_netns())
+    job = subprocess.run([sys.executable, "-m", "launch.bench", "--links", f"unlimited,{LIMITED}",
+                          "--presets", "mlp", "--hosts", "1,2", "--ranks-per-host", "1",
+                          "--quick", "--data", str(mnist_h5), "--out", str(out),
+                          "--plot", str(tmp_path / "scaling.png")],
+                         cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    assert job.returncode == 0, job.stdout + job.stderr
+    result = json.loads(out.read_text())
+    kinds = {(r["hosts"], r["link"]): set(r["modes"]) for r in result["rows"]}
+    assert kinds == {(1, "local"): {"auto"}, (2, "unlimited"): {"sharded", "overlapped"},
+                     (2, str(LIMITED)): {"sharded", "overlapped"}}
+    limited = next(r for r in result["rows"] if r["link"] == str(LIMITED))
+    assert limited["modes"]["sharded"]["wait_ms"] > 2 * LIMITED.delay * 1e3   # it did wait
+    assert (tmp_path / "scaling.png").stat().st_size > 10_000
+    assert set(_netns()) <= before, "the benchmark left hosts behind"
