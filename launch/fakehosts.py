@@ -7,6 +7,9 @@ MPI library treat them exactly like separate machines: the ranks get different h
 `COMM_TYPE_SHARED` groups of size 1, and every byte between ranks crosses the virtual wire.
 
     python -m launch.fakehosts up [--hosts 2] [--prefix mpg]      # needs root
+    python -m launch.fakehosts up --hosts 4 --link 1gbit:100us   # links with limits (launch/wire.py)
+    python -m launch.fakehosts measure                          # their round trip and Mbit/s
+    python -m launch.fakehosts run --slots 2 -- -n 4 python -m launch.fakehosts probe  # 2 per host
     python -m launch.fakehosts run [--prefix mpg] -- -n 2 python -m launch.fakehosts probe
     python -m data.prepare                                       # first: no internet in there
     python -m launch.fakehosts run -- -n 2 python -m dist.train --preset mlp --set train.epochs=1
@@ -28,13 +31,20 @@ host the interface is called `mpg0` and has the address SUBNET.(i+1)/24 (default
 host names to those addresses. Nothing is created in the machine's own (root) namespace,
 so several sets of fake hosts, even with the same subnet, can coexist.
 
+`--link RATE[:DELAY[:JITTER[:LOSS%]]]` gives every host's cable a bandwidth (tc's tbf on its
+interface) and a one-way latency, jitter and loss (a user-space switch, launch/wire.py: this
+kernel has no netem); then the hosts hang off that switch's TAP devices instead of veths.
+`measure` checks a link: the median TCP round trip of one byte and the rate of a bulk send
+from the first host to the second (the wire adds ~35 us each way to the latency asked for).
+
 `run` starts hydra's `mpirun` inside the first host, with `-hosts PREFIX-a,PREFIX-b,...`
 (unless you pass -hosts/-host/-f yourself), `-iface mpg0` and
 `-launcher ssh -launcher-exec launch/netns-launch`: hydra then starts its proxy on each
 remote host through that wrapper as if through ssh (`netns-launch [ssh options] HOST CMD`),
 and the wrapper (`python -m launch.fakehosts ssh ...`) runs CMD in HOST's namespace with
-HOST as host name. Ranks are placed round-robin, one per host per turn (add -ppn N to
-change that). The environment also pins the MPI transport to TCP over `mpg0`
+HOST as host name. Ranks are placed round-robin, one per host per turn; `--slots N` places
+N ranks on a host before the next (`-hosts a:N,b:N`), so ranks 0..N-1 share host a and its
+memory, as on a cluster node. The environment also pins the MPI transport to TCP over `mpg0`
 (UCX_TLS=self,tcp, UCX_NET_DEVICES=mpg0; FI_PROVIDER=tcp, FI_TCP_IFACE=mpg0 for the OFI
 netmod): the fake hosts share one kernel, and without that UCX notices it (same boot id)
 and moves the data through shared memory instead of the network.
