@@ -17,9 +17,10 @@ Reported per row: images/s of the fastest block, compute and wait ms per step (w
 the update's communication: what overlap could not hide), efficiency against one host with the
 same ranks per host (images/s / (H x images/s of 1 host)), and against the unlimited link.
 
-The alpha-beta model.  A sharded update moves, per rank and step, 2 (H-1)/H x 4P bytes in
-2 (H-1) messages through its host's link (reduce-scatter + all-gather of P float32, ring):
-    t_comm(H) = 2 (H-1) alpha + 2 (H-1)/H x 4P beta
+The alpha-beta model.  A sharded update moves, per rank and step, 2 (H-1)/H x 4P bytes
+through its host's link in 2 log2(H) rounds (reduce-scatter of P float32 by recursive halving,
+all-gather by recursive doubling, as MPICH does them here):
+    t_comm(H) = 2 log2(H) alpha + 2 (H-1)/H x 4P beta
 alpha and beta are fitted per link to the waits measured with 2 hosts x 1 rank on the three
 presets (three sizes P); the 4-host points are predictions the fit has not seen. With overlap,
 the part hidden behind backward at 2 hosts (t_comm(2) minus the measured wait) is assumed to
@@ -208,8 +209,8 @@ def paired_ratio(rows, preset, hosts, per_host, link, mode, base_link="unlimited
 
 
 def comm_model(hosts, params, alpha, beta):
-    """Seconds a ring reduce-scatter + all-gather of `params` float32 takes over H hosts."""
-    return 2 * (hosts - 1) * alpha + 2 * (hosts - 1) / hosts * 4 * params * beta
+    """Seconds a reduce-scatter + all-gather of `params` float32 takes over H hosts."""
+    return 2 * np.log2(hosts) * alpha + 2 * (hosts - 1) / hosts * 4 * params * beta
 
 
 def fit_link(rows, link) -> dict | None:
@@ -273,7 +274,12 @@ def analyse(result: dict) -> dict:
                     if hosts == 4 and mode in four:     # a point the fit has not seen
                         pred["measured_wait_ms"] = four[mode]["wait_ms"]
                     predictions.append(pred)
-    return {**result, "table": table, "fits": fits, "predictions": predictions}
+    checked = [p for p in predictions if "measured_wait_ms" in p]
+    errors = [abs(p["wait_ms"] - p["measured_wait_ms"]) / p["measured_wait_ms"] for p in checked]
+    check = {"points": len(checked), "median_relative_error": float(np.median(errors))
+             if errors else None, "max_relative_error": max(errors, default=None)}
+    return {**result, "table": table, "fits": fits, "predictions": predictions,
+            "check_4_hosts": check}
 
 
 def targets(result: dict) -> list[str]:
@@ -399,6 +405,7 @@ def main(argv=None) -> int:
         if "measured_wait_ms" in p:
             print(f"check {p['preset']} {p['link']} {p['mode']} 4 hosts: wait predicted "
                   f"{p['wait_ms']:.1f} ms, measured {p['measured_wait_ms']:.1f} ms")
+    print(f"4-host waits against the model: {result['check_4_hosts']}")
     plot(result, Path(args.plot))
     print(f"wrote {out} and {args.plot}")
     return 0
