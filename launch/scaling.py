@@ -277,7 +277,7 @@ def analyse(result: dict) -> dict:
     checked = [p for p in predictions if "measured_wait_ms" in p]
     errors = [abs(p["wait_ms"] - p["measured_wait_ms"]) / p["measured_wait_ms"] for p in checked]
     check = {"points": len(checked), "median_relative_error": float(np.median(errors))
-             if errors else None, "max_relative_error": max(errors, default=None)}
+             if errors else None, "max_relative_error": float(max(errors)) if errors else None}
     return {**result, "table": table, "fits": fits, "predictions": predictions,
             "check_4_hosts": check}
 
