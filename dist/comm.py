@@ -40,9 +40,10 @@ import traceback
 import numpy as np
 
 # MPICH's default all-gather for large vectors is a ring that sends in 32 kB chunks, each
-# waiting for the one before: over a link with 100 us of latency, 2 ranks took 25 ms to
-# all-gather 2.7 MB that take 11 ms on the wire (launch/scaling.py). Recursive doubling sends
-# each rank's part in one message per round: 12 ms. Read by MPI_Init, hence set before the import.
+# waiting for the one before: between two fake hosts over 1 Gbit/s with 100 us of latency
+# (launch.fakehosts --link 1gbit:100us), 2 ranks took 25 ms to all-gather 2.7 MB that take
+# 11 ms on the wire, 4 ranks 85 ms; recursive doubling sends each rank's part in one message
+# per round: 12 and 25 ms. Read by MPI_Init, hence set before the import.
 os.environ.setdefault("MPIR_CVAR_ALLGATHERV_INTRA_ALGORITHM", "recursive_doubling")
 from mpi4py import MPI  # noqa: E402
 
