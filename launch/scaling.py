@@ -14,8 +14,12 @@ run back to back for each (preset, topology), and everything is repeated: compar
 neighbours, not absolute figures, on a loaded machine.
 
 Reported per row: images/s of the fastest block, compute and wait ms per step (wait = time in
-the update's communication: what overlap could not hide), efficiency against one host with the
-same ranks per host (images/s / (H x images/s of 1 host)), and against the unlimited link.
+the update's communication: what overlap could not hide, and waiting for a slower rank),
+efficiency against one host with the same ranks per host (images/s / (H x images/s of 1
+host)), and against the unlimited link: the images/s ratio, and the same at equal compute,
+(c + w_unlimited) / (c + w_link) with the unlimited run's compute c -- on a machine whose other
+load changes the compute time from one job to the next, only the latter compares the links.
+The hierarchical / flat ratios come from blocks alternating within one job: those are robust.
 
 The alpha-beta model.  A sharded update moves, per rank and step, 2 (H-1)/H x 4P bytes
 through its host's link in 2 log2(H) rounds (reduce-scatter of P float32 by recursive halving,
