@@ -50,7 +50,9 @@ class Model:
         self.decay_mask = np.zeros(n_params, self.dtype)
         self.state = np.zeros(n_state, self.dtype)
         p = s = 0
+        self.param_offsets = []                 # where each layer's parameters begin in theta
         for layer in self.layers:
+            self.param_offsets.append(p)
             for name, shape in layer.param_shapes.items():
                 n = int(np.prod(shape))
                 layer.bind(name, self.theta[p:p + n].reshape(shape), self.grad[p:p + n].reshape(shape))
@@ -122,17 +124,25 @@ class Model:
         self._train_cache = bool(train)
         return x
 
-    def backward(self, dout, input_grad=False):
+    def backward(self, dout, input_grad=False, grad_ready=None):
         """Fill ALL of self.grad (overwriting) from dL/doutputs of the last train forward.
-        With input_grad=True also return dL/dx (gradient checks use it)."""
+        With input_grad=True also return dL/dx (gradient checks use it).
+
+        grad_ready(p), if given, is called after each layer with parameters: from then on
+        grad[p:] is final (backward runs from the last layer, whose parameters are at the end
+        of the arena, to the first).  The training loop starts sending those gradients while
+        the earlier layers are still being differentiated."""
         if not self._train_cache:
             raise RuntimeError("Model.backward needs a preceding forward(x, train=True)")
         d = np.array(dout, self.dtype)          # a copy: layers may overwrite their dy
         start = 0 if input_grad else self._first_param
         if self._first_param < len(self.layers):
             self.layers[self._first_param].need_dx = input_grad
-        for layer in reversed(self.layers[start:]):
+        for i in reversed(range(start, len(self.layers))):
+            layer = self.layers[i]
             d = layer.backward(d)
+            if grad_ready is not None and layer.param_shapes:
+                grad_ready(self.param_offsets[i])
         return d if input_grad else None
 
     # --- description ---------------------------------------------------------------------

@@ -7,6 +7,10 @@ A thin wrapper over mpi4py in the spirit of ChainerMN's communicators:
   (``MPI.IN_PLACE``, the buffer protocol: no pickling of arrays);
 * ``partition``, ``reduce_scatter_sum`` and ``allgather_``: the two halves of an allreduce,
   for the update that each rank does on its own slice of the parameters (dist/update.py);
+* ``iallreduce_sum_``, ``test_all``, ``wait_all``: a sum started during backward, polled
+  between layers and completed after it (the overlapped update);
+* ``node()`` and ``across_nodes()``: the ranks of this host, and one rank of every host (the
+  hierarchical update);
 * ``shared_vectors(n)``: when every rank is on one node, one MPI shared-memory window in which
   each rank owns n floats that all the others can read -- the same two halves done with plain
   numpy reads and two barriers per step, instead of MPI's message handshakes;
@@ -35,14 +39,20 @@ import traceback
 
 import numpy as np
 
-# Open MPI (the `openmpi` extra) reads MCA parameters from OMPI_MCA_* variables when MPI starts,
-# i.e. at the import of mpi4py.MPI below; MPICH never looks at them. Without UCX hardware, Open
-# MPI's UCX one-sided component fails its query and every rank prints "OSC UCX component
-# priority set inside component query failed". mpigrad's only one-sided use is the shared-memory
-# window of one node (shared_vectors), which Open MPI's `sm` component serves, so the UCX one is
-# left out. A value the user sets wins.
-OPEN_MPI_DEFAULTS = {"OMPI_MCA_osc": "^ucx"}
-for _key, _value in OPEN_MPI_DEFAULTS.items():
+# MPI reads the environment when it starts, i.e. at the import of mpi4py.MPI below, so two
+# defaults are set first (a value the user sets wins; each library ignores the other's):
+# * Open MPI (the `openmpi` extra): without UCX hardware, its UCX one-sided component fails its
+#   query and every rank prints "OSC UCX component priority set inside component query
+#   failed". mpigrad's only one-sided use is the shared-memory window of one node
+#   (shared_vectors), which Open MPI's `sm` component serves, so the UCX one is left out.
+# * MPICH: its default all-gather for large vectors is a ring that sends in 32 kB chunks, each
+#   waiting for the one before: between two fake hosts over 1 Gbit/s with 100 us of latency
+#   (launch.fakehosts --link 1gbit:100us), 2 ranks took 25 ms to all-gather 2.7 MB that take
+#   11 ms on the wire, 4 ranks 85 ms; recursive doubling sends each rank's part in one message
+#   per round: 12 and 25 ms.
+MPI_DEFAULTS = {"OMPI_MCA_osc": "^ucx",
+                "MPIR_CVAR_ALLGATHERV_INTRA_ALGORITHM": "recursive_doubling"}
+for _key, _value in MPI_DEFAULTS.items():
     os.environ.setdefault(_key, _value)
 
 from mpi4py import MPI  # noqa: E402  (starts MPI: after the defaults above)
@@ -99,10 +109,7 @@ class Comm:
         The groups still share this node's cores, so BLAS threads and oversubscription are
         those of the whole job: 3 groups of 1 rank on 2 cores are oversubscribed, although
         each group alone would think it had both cores."""
-        sub = Comm(self.world.Split(color=color, key=self.rank))
-        sub.cores_per_rank = self.cores_per_rank
-        sub.oversubscribed = self.oversubscribed
-        return sub
+        return self._inherit(Comm(self.world.Split(color=color, key=self.rank)))
 
     @property
     def is_root(self) -> bool:
@@ -192,6 +199,43 @@ class Comm:
         else:
             self.world.Allgatherv(MPI.IN_PLACE, spec)
         return buf
+
+    # -- a sum started now and finished later (overlapped with backward) ---------------------
+    def iallreduce_sum_(self, buf: np.ndarray):
+        """``allreduce_sum_`` started in the background; returns a request for ``wait_all``.
+        MPICH moves it on only while the rank is inside MPI: poll it with ``test_all``."""
+        if self.size == 1:
+            return MPI.REQUEST_NULL
+        return self.world.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+
+    @staticmethod
+    def test_all(requests: list) -> bool:
+        """Poll: let MPI move the requests on (MPICH progresses them only inside MPI calls);
+        True when all have completed."""
+        return bool(MPI.Request.Testall(requests)) if requests else True
+
+    def wait_all(self, requests: list) -> None:
+        """Complete the requests (yielding the core meanwhile when ranks outnumber cores)."""
+        if not requests:
+            return
+        if self.oversubscribed:
+            while not MPI.Request.Testall(requests):
+                os.sched_yield()
+        else:
+            MPI.Request.Waitall(requests)
+
+    # -- several ranks per host: the ranks of this node, and one rank of every node ----------
+    def node(self) -> "Comm":
+        """The ranks on this node (they can share memory), in rank order."""
+        return self._inherit(Comm(self.world.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)))
+
+    def across_nodes(self) -> "Comm":
+        """The ranks with this rank's node-local rank, one per node, in rank order."""
+        return self._inherit(Comm(self.world.Split(color=self.local_rank, key=self.rank)))
+
+    def _inherit(self, sub: "Comm") -> "Comm":
+        sub.cores_per_rank, sub.oversubscribed = self.cores_per_rank, self.oversubscribed
+        return sub
 
     def allreduce_sum(self, array: np.ndarray) -> np.ndarray:
         """Out-of-place sum of a small array (batch-norm statistics, epoch totals)."""

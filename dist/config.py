@@ -26,7 +26,7 @@ from core.spec import build_layers, memory_per_layer
 from dist.errors import ExpectedError
 
 # The update kinds (dist/update.py imports MPI, so its list is repeated here).
-KINDS = ("auto", "allreduce", "sharded", "shared-memory")
+KINDS = ("auto", "allreduce", "sharded", "shared-memory", "overlapped", "hierarchical")
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "launch" / "configs"
 DEFAULT_PRESET = "cnn"
@@ -96,7 +96,12 @@ class RunConfig:
 @dataclass
 class CommConfig:
     update: str = _f("auto", "gradient sum + step: 'auto' (by topology), 'allreduce', "
-                     "'sharded' or 'shared-memory' (dist/update.py)")
+                     "'sharded', 'shared-memory', 'overlapped' or 'hierarchical' (dist/update.py)")
+    overlap: bool = _f(True, "across hosts ('auto'): send gradient buckets while backward "
+                       "still runs (the 'overlapped' update)")
+    bucket_mb: float = _f(0.5, "overlapped update: size of a gradient bucket in MiB (whole layers)")
+    hierarchical: bool = _f(True, "several ranks on each of several hosts ('auto'): sum within "
+                            "the host first (shared memory), then across hosts; false = flat")
 
 
 @dataclass
@@ -264,6 +269,8 @@ def validate(cfg: Config) -> None:
     need(r.threads >= 0, "run.threads", r.threads, "must be >= 0")
     need(cfg.comm.update in KINDS, "comm.update", cfg.comm.update,
          f"must be one of {', '.join(KINDS)}")
+    need(0 < cfg.comm.bucket_mb <= 1024, "comm.bucket_mb", cfg.comm.bucket_mb,
+         "must be in (0, 1024] MiB")
     need("/" not in r.name and r.name not in (".", ".."), "run.name", r.name,
          "must be a plain folder name (use run.dir for the parent)")
 

@@ -117,6 +117,14 @@ def build_optimizer(cfg, model: Model, steps: int):
     return opt, lr_at
 
 
+def build_update(cfg, comm: Comm, model: Model, opt: SGD, kind: str | None = None):
+    """The gradient sum and step for this topology and the [comm] settings (dist/update.py)."""
+    c = cfg.comm
+    return make_update(comm, model.theta, model.grad, opt, kind or c.update,
+                       layer_offsets=model.param_offsets, bucket_mb=c.bucket_mb,
+                       overlap=c.overlap, hierarchical=c.hierarchical)
+
+
 def local_batch(cfg, shard, k: int, epoch: int):
     """This rank's part of global batch k: images (b, 28, 28, 1) float32, labels (b,) and the
     dropout noise. Random numbers are keyed by (seed, epoch, global sample index), never by
@@ -177,7 +185,8 @@ def train_step(model: Model, loss_fn, update, x, y, noise, lr: float, batch: int
     out = forward_checked(model, x, noise) if debug else model.forward(x, train=True, noise=noise)
     clock.lap("forward")
     loss, dout = loss_fn(out, y, divisor=batch)   # sum over local samples / global B
-    model.backward(dout)                          # fills model.grad (flat)
+    model.backward(dout, grad_ready=update.grad_ready)   # fills model.grad (flat); the
+    # overlapped update starts summing the last layers' gradients while backward goes on
     clock.lap("backward")
     update.reduce_gradient()       # the summed gradient (of my slice)
     clock.lap("allreduce")
@@ -339,7 +348,7 @@ def main(comm: Comm, argv=None) -> int:
     cfg.model.layers = model.spec  # defaults filled in: this is what checkpoints compare
     data_path, fingerprint, steps = open_data(comm, cfg)
     opt, lr_at = comm.collectively(build_optimizer, cfg, model, steps)
-    update = make_update(comm, model.theta, model.grad, opt, cfg.comm.update)
+    update = build_update(cfg, comm, model, opt)
     loss_fn, batch = LOSSES[cfg.model.loss], cfg.train.batch_size
     progress, run_dir = start(comm, cfg, model, opt, resume, fingerprint)
     root = RootWork(comm, cfg, model, opt, run_dir, data_path, fingerprint, start_time)

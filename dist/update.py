@@ -1,6 +1,6 @@
 """The synchronous SGD update: the gradient summed over ranks, then one optimizer step.
 
-Every rank must end the step with the same new theta. Three ways, one small class each, behind
+Every rank must end the step with the same new theta. Five ways, one small class each, behind
 one constructor (``make_update``) that picks by topology:
 
 ``AllreduceUpdate`` -- the baseline a reader understands first. Allreduce the gradient (every
@@ -25,13 +25,52 @@ straight out of everybody's parts, in rank order (so the sum does not depend on 
 the step it publishes its updated slice the same way and copies the others' after a second
 barrier. Two barriers and the copies, not MPI's chunk-by-chunk handshakes.
 
+Across hosts the network is the cost, and two more ways cut it:
+
+``OverlappedUpdate`` -- the allreduce update, sent while backward still runs (PyTorch DDP's
+buckets, Li et al. 2020). Backward computes the last layer's gradient first, and the last
+layer's parameters sit at the end of the arena, so the arena is cut from its end into buckets
+of whole layers of about ``comm.bucket_mb`` each (the arena's layout, and so the checkpoints,
+stay as they are):
+
+    theta:  [ layer 1 | layer 2 | layer 3 | ... | layer L-1 | layer L ]
+    buckets: <----- bucket 2 -----><---- bucket 1 ----><--- bucket 0 --->
+
+``model.backward(dout, grad_ready=update.grad_ready)`` calls back after every layer; once a
+bucket's gradient is complete, its allreduce starts (non-blocking) and backward goes on with
+the layers before it; ``reduce_gradient`` waits only for what is still in flight. MPICH moves
+a non-blocking collective on only inside an MPI call, so ``grad_ready`` also polls the buckets
+in flight between layers (a polling thread, or MPICH_ASYNC_PROGRESS=1, cost more compute than
+they hid on a 2-core machine: launch/scaling.py). Why an allreduce per bucket and not the
+sharded halves: the all-gather of a sharded step carries the *new* theta, which exists only
+after the step, so it could not hide behind backward; an allreduce moves the same bytes (its
+reduce-scatter and all-gather inside), all of them during backward. The price is the
+optimizer over every parameter on every rank, as in the plain update. Each bucket is summed
+by the same MPI algorithm at every step (fixed order: resume is exact); against the
+one-piece allreduce the sums agree within float rounding (bitwise with 4 ranks, measured).
+
+``HierarchicalUpdate`` -- several ranks on each host (Horovod's hierarchical allreduce, NCCL's
+rings per local rank). With L ranks on each of H hosts, the flat reduce-scatter sends every
+rank's share through the host's link; here it goes in three hops:
+
+    within the host   the L ranks sum their gradients through shared memory; local rank l
+                      gets the host's sum of slice l (of L slices of the arena)
+    across hosts      the H ranks with local rank l reduce-scatter slice l over MPI: each owns
+                      1/H of it, summed over all ranks, steps it, and all-gathers slice l
+    within the host   each local rank publishes its new slice l; the others copy it
+
+so a host sends one gradient's worth, spread over its L ranks, not L of them. The sums run
+in local-rank order inside the host, then in MPI's order across hosts: against the flat
+update they agree within float rounding (not bitwise in general). It needs the same number
+of ranks on every host (else the flat sharded update is used).
+
 The sums are the plain allreduce's up to float summation order, and the update of an element
 does not depend on which rank computes it, so the world-size invariance holds. With sharding,
 each rank's velocity is current on its own slice only: ``gather_velocity()`` makes it whole
 on every rank before a checkpoint; a resumed run hands every rank the whole vector.
 
     update = make_update(comm, model.theta, model.grad, opt)     # or kind="allreduce", ...
-    model.backward(dout)              # fills model.grad with this rank's gradient
+    model.backward(dout, grad_ready=update.grad_ready)   # this rank's gradient, in model.grad
     update.reduce_gradient()          # the summed gradient (of this rank's slice)
     update.step(lr)                   # SGD on this rank's slice of theta (all of it: plain)
     update.gather_parameters()        # theta whole again, the same on every rank
@@ -39,8 +78,10 @@ on every rank before a checkpoint; a resumed run hands every rank the whole vect
     update.gather_velocity()          # before writing a checkpoint
     update.close()                    # collective: frees the shared-memory window
 
-Tested by tests/test_dist_invariance.py (n ranks against 1, bitwise resume) and
-tests/comm_probe.py (every kind gives the same theta); launch.bench times them side by side.
+Tested by tests/test_dist_invariance.py (n ranks against 1, bitwise resume),
+tests/comm_probe.py (every kind gives the same theta), tests/test_dist_overlap.py (overlapped
+against allreduce and 1 rank, resume) and tests/test_launch_multihost.py (hierarchical against
+flat on 2 hosts x 2 ranks); launch.bench times them side by side, launch.scaling across hosts.
 """
 from __future__ import annotations
 
@@ -56,6 +97,10 @@ class AllreduceUpdate:
     def __init__(self, comm: Comm, theta: np.ndarray, grad: np.ndarray, opt: SGD):
         self.comm, self.theta, self.grad, self.opt = comm, theta, grad, opt
         self.lo, self.my_grad = 0, grad               # "my slice" is all of it: (P,)
+
+    def grad_ready(self, p: int) -> None:
+        """Backward's callback (``model.backward(dout, grad_ready=...)``): grad[p:] is final.
+        Only the overlapped update starts sending then; the others wait for backward's end."""
 
     def reduce_gradient(self) -> None:
         self.comm.allreduce_sum_(self.grad)
@@ -136,18 +181,122 @@ class SharedMemoryUpdate(ShardedUpdate):
             self.shared = None
 
 
+def bucket_ranges(layer_offsets, size: int, bucket_bytes: float,
+                  itemsize: int = 4) -> list[tuple[int, int]]:
+    """Cut the arena [0, size) into contiguous (lo, hi) ranges of whole layers, from its end:
+    bucket 0 holds the last layers (backward finishes them first). A bucket closes once it
+    holds at least ``bucket_bytes``; a layer larger than that is a bucket of its own."""
+    starts = sorted({p for p in layer_offsets if p < size} | {0}, reverse=True)
+    buckets, hi = [], size
+    for lo in starts:
+        if (hi - lo) * itemsize >= bucket_bytes or lo == 0:
+            buckets.append((lo, hi))
+            hi = lo
+    return buckets
+
+
+class OverlappedUpdate(AllreduceUpdate):
+    """The allreduce update in buckets, each summed while backward computes the layers before."""
+    transport = "overlapped"
+
+    def __init__(self, comm: Comm, theta: np.ndarray, grad: np.ndarray, opt: SGD,
+                 layer_offsets=(0,), bucket_bytes: float = 2 ** 19):
+        super().__init__(comm, theta, grad, opt)
+        self.buckets = bucket_ranges(layer_offsets, theta.size, bucket_bytes, theta.itemsize)
+        self.in_flight = []                 # requests of the buckets started this step
+
+    def grad_ready(self, p: int) -> None:
+        """Start every bucket that is now complete; poll those in flight (MPICH moves them on
+        only inside an MPI call, so this poll between layers is what overlaps them)."""
+        while len(self.in_flight) < len(self.buckets) and \
+                self.buckets[len(self.in_flight)][0] >= p:
+            lo, hi = self.buckets[len(self.in_flight)]
+            self.in_flight.append(self.comm.iallreduce_sum_(self.grad[lo:hi]))
+        self.comm.test_all(self.in_flight)
+
+    def reduce_gradient(self) -> None:
+        """Start what backward did not (all of it, without the callback); wait for the rest."""
+        self.grad_ready(0)
+        self.comm.wait_all(self.in_flight)
+        self.in_flight = []
+
+
+class HierarchicalUpdate(AllreduceUpdate):
+    """The sharded update in three hops: shared memory in the host, MPI across hosts, back."""
+    transport = "hierarchical"
+
+    @staticmethod
+    def fits(comm: Comm) -> bool:
+        """Several hosts with the same number (> 1) of ranks each."""
+        return comm.size > comm.local_size > 1 and len(set(comm.allgather(comm.local_size))) == 1
+
+    def __init__(self, comm: Comm, theta: np.ndarray, grad: np.ndarray, opt: SGD):
+        super().__init__(comm, theta, grad, opt)
+        self.node, self.across = comm.node(), comm.across_nodes()
+        p = theta.size
+        # Slice l of the arena belongs to local rank l; within it, part h to host h.
+        self.host_counts, self.host_displs = self.node.partition(p)
+        self.slice = slice(int(self.host_displs[self.node.rank]),
+                           int(self.host_displs[self.node.rank] + self.host_counts[self.node.rank]))
+        self.counts, self.displs = self.across.partition(self.slice.stop - self.slice.start)
+        self.lo = self.slice.start + int(self.displs[self.across.rank])
+        self.my_grad = np.empty(int(self.counts[self.across.rank]), grad.dtype)
+        self.host_sum = np.empty(self.slice.stop - self.slice.start, grad.dtype)
+        # Per local rank: its whole gradient (P), then its slice of the new theta.
+        self.shared = self.node.shared_vectors(p + int(self.host_counts.max()), theta.dtype)
+
+    def reduce_gradient(self) -> None:
+        self.shared.mine[:self.grad.size] = self.grad
+        self.shared.sync()                                  # the host's gradients are in place
+        first, *others = self.shared.vectors
+        np.copyto(self.host_sum, first[self.slice])
+        for other in others:                                # local-rank order: a fixed sum
+            self.host_sum += other[self.slice]
+        self.across.reduce_scatter_sum(self.host_sum, self.my_grad, self.counts)
+
+    def gather_parameters(self) -> None:
+        self.across.allgather_(self.theta[self.slice], self.counts, self.displs)  # slice l
+        p, n = self.theta.size, self.slice.stop - self.slice.start
+        self.shared.mine[p:p + n] = self.theta[self.slice]
+        self.shared.sync()                                  # every local slice is in place
+        for rank, other in enumerate(self.shared.vectors):
+            if rank != self.node.rank:
+                lo, n = int(self.host_displs[rank]), int(self.host_counts[rank])
+                self.theta[lo:lo + n] = other[p:p + n]
+
+    def gather_velocity(self) -> None:
+        velocity = self.opt.velocity
+        self.across.allgather_(velocity[self.slice], self.counts, self.displs)
+        self.node.allgather_(velocity, self.host_counts, self.host_displs)
+
+    def close(self) -> None:
+        if self.shared is not None:
+            self.shared.free()
+            self.shared = None
+
+
 def make_update(comm: Comm, theta: np.ndarray, grad: np.ndarray, opt: SGD,
-                kind: str = "auto") -> AllreduceUpdate:
+                kind: str = "auto", layer_offsets=(0,), bucket_mb: float = 0.5,
+                overlap: bool = True, hierarchical: bool = True) -> AllreduceUpdate:
     """The update for this topology: one rank has nothing to reduce (plain); ranks that all
-    share a node use the shared-memory window; otherwise MPI's reduce-scatter and all-gather.
-    ``kind`` forces one (config ``comm.update``), e.g. to compare them."""
+    share a node use the shared-memory window; several hosts with several ranks each sum
+    within the host first (``hierarchical``); one rank per host sends buckets during backward
+    (``overlap``; ``layer_offsets``: where each layer starts in theta, ``Model.param_offsets``);
+    otherwise MPI's reduce-scatter and all-gather. ``kind`` forces one (config ``comm.update``),
+    e.g. to compare them."""
     if kind == "auto":
         kind = "allreduce" if comm.size == 1 else \
-            "shared-memory" if comm.single_node else "sharded"
+            "shared-memory" if comm.single_node else \
+            "hierarchical" if hierarchical and HierarchicalUpdate.fits(comm) else \
+            "overlapped" if overlap else "sharded"
     if kind == "shared-memory" and not comm.single_node:
         kind = "sharded"              # a window needs every rank on one node
+    if kind == "hierarchical" and not HierarchicalUpdate.fits(comm):
+        kind = "sharded"              # needs several hosts with the same ranks each
     if comm.size == 1:
         kind = "allreduce"            # nothing to shard: the sums are no-ops
+    if kind == "overlapped":
+        return OverlappedUpdate(comm, theta, grad, opt, layer_offsets, bucket_mb * 2 ** 20)
     cls = {"allreduce": AllreduceUpdate, "sharded": ShardedUpdate,
-           "shared-memory": SharedMemoryUpdate}[kind]
+           "shared-memory": SharedMemoryUpdate, "hierarchical": HierarchicalUpdate}[kind]
     return cls(comm, theta, grad, opt)

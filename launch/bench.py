@@ -8,6 +8,7 @@
     python -m launch.bench --quick --out /tmp/b.json     # a few steps: checks that it runs
     python -m launch.bench --ranks 2 --update allreduce  # another update kind (dist/update.py)
     python -m launch.bench --layers --presets cnn        # ms per layer, forward and backward
+    python -m launch.bench --links unlimited,1gbit:100us # across fake hosts (launch/scaling.py)
 
 What a step is: dist.train's own ``train_step`` on real MNIST (data.prepare.ensure_dataset()),
 after dist.train's ``local_batch``: keyed augmentation (if the preset asks) and normalize
@@ -67,7 +68,8 @@ from dist.comm import Comm, install_abort_hook
 from dist.config import CONFIG_DIR, KINDS, load_config
 from dist.errors import ExpectedError
 from dist.evaluate import evaluate
-from dist.train import Clock, build_model, build_optimizer, local_batch, train_step
+from dist.train import (Clock, build_model, build_optimizer, build_update, local_batch,
+                        train_step)
 from dist.update import make_update
 from launch.bench_table import PHASES, format_table, train_flops
 from launch.fakehosts import MPIRUN
@@ -148,7 +150,7 @@ def bench_preset(comm: Comm, name: str, data_path: str, threads: int, args) -> d
     shard = read_epoch_shard(data_path, seed, 0, comm.rank, comm.size, batch,
                              split_seed=cfg.data.split_seed, val_size=cfg.data.val_size)
     opt, _ = build_optimizer(cfg, model, shard.steps)
-    update = make_update(comm, model.theta, model.grad, opt, args.update)
+    update = build_update(cfg, comm, model, opt, args.update)
     loss_fn, lr = LOSSES[cfg.model.loss], cfg.optim.lr * 0.1   # small lr: stays finite
     k = 0
 
@@ -399,6 +401,9 @@ def print_layer_times(name: str, rows: list[dict]) -> None:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--links" or a.startswith("--links=") for a in argv):
+        from launch.scaling import main as scaling   # hosts and links: its own options
+        return scaling(argv)
     try:
         return measure(argv)
     except (ExpectedError, DataError) as err:       # every rank gets here (Comm.agree)

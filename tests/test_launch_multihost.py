@@ -9,13 +9,18 @@ through launch/netns-launch, exactly as it would through ssh on a cluster. Check
   TCP connections run between the two hosts' addresses (no shared memory, no root netns);
 * a 2-rank `dist.train` across the two hosts exits 0, its final parameters equal those of
   the single-host `mpirun -n 2` run (asserted < 1e-5 relative, reported if bitwise), and
-  at least one gradient allreduce per step worth of bytes crossed the veth link.
+  at least one gradient allreduce per step worth of bytes crossed the veth link;
+* over a limited link (200 Mbit/s, 1 ms one way: tc's tbf and launch/wire.py's switch) a TCP
+  round trip takes ~2 ms and a bulk transfer runs at ~200 Mbit/s, and a 4-rank `dist.train` on
+  2 hosts x 2 ranks (two ranks per host share memory) with the hierarchical update ends with
+  the parameters of the flat sharded update and of a 4-rank single-host run.
 
 Needs root (network namespaces); skipped, with that reason, only when the machine forbids
 creating them. Namespaces get unique names per run and are removed even when a test fails.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -26,7 +31,9 @@ import time
 
 import pytest
 
-from launch.fakehosts import IFACE, WRAPPER, FakeHosts, FakeHostsError, _ip
+from launch.fakehosts import IFACE, WRAPPER, FakeHosts, FakeHostsError, _ip, measure
+from launch.fakehosts import netns_names as _netns
+from launch.wire import LinkSpec
 from tests.dist_helpers import REPO, env, rel_diff, run_job, small_run_args, theta_of
 
 pytestmark = pytest.mark.timeout(180)
@@ -34,12 +41,11 @@ pytestmark = pytest.mark.timeout(180)
 _FORBIDDEN = ("Operation not permitted", "Permission denied")
 
 
-@pytest.fixture(scope="module")
-def hosts(request):
+def make_hosts(request, link: LinkSpec | None = None) -> FakeHosts:
     if os.geteuid() != 0:
         pytest.skip("network namespaces need root (ip netns add / unshare --uts); "
                     f"running as uid {os.geteuid()}")
-    fh = FakeHosts(f"mpg{secrets.token_hex(3)}", hosts=2)
+    fh = FakeHosts(f"mpg{secrets.token_hex(3)}", hosts=2, link=link)
     request.addfinalizer(fh.down)      # registered first: also cleans up a half-made `up`
     try:
         fh.up()
@@ -51,6 +57,19 @@ def hosts(request):
     if uts.returncode != 0 and any(s in uts.stderr for s in _FORBIDDEN):
         pytest.skip(f"this machine forbids UTS namespaces: {uts.stderr.strip()}")
     return fh
+
+
+@pytest.fixture(scope="module")
+def hosts(request):
+    return make_hosts(request)
+
+
+LIMITED = LinkSpec.parse("200mbit:1ms")
+
+
+@pytest.fixture(scope="module")
+def limited_hosts(request):
+    return make_hosts(request, LIMITED)
 
 
 def _env(fh: FakeHosts) -> dict:
@@ -132,3 +151,82 @@ def test_training_across_two_hosts_matches_one_host(hosts, mnist_h5, tmp_path):
     # must both send and receive: all of it went over the veth link.
     at_least = 24 * 4 * theta_one.size
     assert tx1 - tx0 > at_least and rx1 - rx0 > at_least, (tx1 - tx0, rx1 - rx0, at_least)
+
+
+def test_a_limited_link_has_its_latency_and_bandwidth(limited_hosts):
+    got = measure(limited_hosts, seconds=1.0)
+    print(f"\n{LIMITED}: {got}")
+    # One way 1 ms, so a round trip >= 2 ms; the Python switch adds tens of us, a loaded
+    # machine more. The bulk rate is tbf's, up to TCP's ramp-up and the acknowledgement.
+    assert 2 * LIMITED.delay * 1e6 <= got["rtt_min_us"] <= got["rtt_us"] < 2 * LIMITED.delay * 1e6 + 3000
+    assert 0.6 * LIMITED.rate / 1e6 < got["mbit_s"] < 1.05 * LIMITED.rate / 1e6
+
+
+def test_two_hosts_of_two_ranks_over_a_limited_link_match_one_host(limited_hosts, mnist_h5,
+                                                                  tmp_path):
+    """2 hosts x 2 ranks: dist.train picks the hierarchical update (shared memory in the host,
+    MPI across); it ends with the flat sharded update's parameters (sums in another order:
+    within float rounding -- bitwise where MPICH adds in the same order, as measured here)
+    and with those of 4 ranks on one host."""
+    one = run_job(4, small_run_args(mnist_h5, tmp_path, "onehost"), timeout=150)
+    assert one.returncode == 0, one.stderr
+    b = limited_hosts.names[1]
+    sent = {}
+    for name, extra in (("hierarchical", ()), ("flat", ("--set", "comm.update=sharded"))):
+        tx0, _ = _tx_rx(b)
+        cmd = limited_hosts.mpirun_command(
+            ["-n", "4", sys.executable, "-m", "dist.train",
+             *small_run_args(mnist_h5, tmp_path, name, *extra)], slots=2)
+        job = subprocess.run(cmd, env=_env(limited_hosts), cwd=REPO, capture_output=True,
+                             text=True, timeout=150)
+        assert job.returncode == 0, job.stdout + job.stderr
+        assert f"{'hierarchical' if name == 'hierarchical' else 'sharded'} update" in job.stdout
+        sent[name] = _tx_rx(b)[0] - tx0
+    final = "ckpt-e002-s00000.h5"
+    theta = {name: theta_of(tmp_path / name / final) for name in ("onehost", "hierarchical", "flat")}
+    diff = rel_diff(theta["hierarchical"], theta["flat"])
+    bitwise = theta["hierarchical"].tobytes() == theta["flat"].tobytes()
+    print(f"\n2 hosts x 2 ranks over {LIMITED}: hierarchical vs flat rel diff {diff:.3g} "
+          f"({'bitwise' if bitwise else 'not bitwise'}), vs one host "
+          f"{rel_diff(theta['hierarchical'], theta['onehost']):.3g}; {b} sent {sent} B")
+    assert diff < 1e-5
+    assert rel_diff(theta["hierarchical"], theta["onehost"]) < 1e-5
+    assert sent["hierarchical"] > 24 * 4 * theta["onehost"].size / 2   # half a gradient a step
+
+
+def test_link_specs_are_read_or_refused_in_one_line():
+    def fields(text):
+        return pytest.approx(dataclasses.astuple(LinkSpec.parse(text)))
+    assert fields("1gbit:100us") == (1e9, 1e-4, 0, 0)
+    assert fields("10gbit:20us:5us:0.1%") == (1e10, 2e-5, 5e-6, 1e-3)
+    assert fields(str(LinkSpec(1e9, 1e-4))) == (1e9, 1e-4, 0, 0)
+    assert LinkSpec.parse("unlimited") == LinkSpec() and not LinkSpec().needs_wire
+    for bad, says in (("1gbps:100us", "needs a unit"), ("1gbit:100", "needs a unit"),
+                      ("1gbit:10us:20us", "jitter must not exceed"), ("1gbit:1ms:0us:5", "0.1%"),
+                      ("1:2:3:4:5", "RATE[:DELAY")):
+        with pytest.raises(ValueError, match=re.escape(says)):
+            LinkSpec.parse(bad)
+    out = subprocess.run([sys.executable, "-m", "launch.fakehosts", "up", "--link", "fast"],
+                         cwd=REPO, env=env(), capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "--link 'fast'" in out.stderr
+
+
+def test_the_scaling_benchmark_runs_over_limited_links(limited_hosts, mnist_h5, tmp_path):
+    """launch.bench --links (launch/scaling.py), tiny: 1 and 2 hosts, unlimited and limited
+    links, every update kind; the JSON has the rows, a fit per link and the plot exists."""
+    out = tmp_path / "scaling.json"
+    before = set(_netns())
+    job = subprocess.run([sys.executable, "-m", "launch.bench", "--links", f"unlimited,{LIMITED}",
+                          "--presets", "mlp", "--hosts", "1,2", "--ranks-per-host", "1",
+                          "--quick", "--data", str(mnist_h5), "--out", str(out),
+                          "--plot", str(tmp_path / "scaling.png")],
+                         cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    assert job.returncode == 0, job.stdout + job.stderr
+    result = json.loads(out.read_text())
+    kinds = {(r["hosts"], r["link"]): set(r["modes"]) for r in result["rows"]}
+    assert kinds == {(1, "local"): {"auto"}, (2, "unlimited"): {"sharded", "overlapped"},
+                     (2, str(LIMITED)): {"sharded", "overlapped"}}
+    limited = next(r for r in result["rows"] if r["link"] == str(LIMITED))
+    assert limited["modes"]["sharded"]["wait_ms"] > 2 * LIMITED.delay * 1e3   # it did wait
+    assert (tmp_path / "scaling.png").stat().st_size > 10_000
+    assert set(_netns()) <= before, "the benchmark left hosts behind"
