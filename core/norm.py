@@ -19,13 +19,21 @@ while dgamma = sum(dy*xhat) and dbeta = sum(dy) are written as the LOCAL sums: t
 grad vector is summed over ranks by the training loop's allreduce like every other grad.
 A rank with zero local samples still takes part in every reduce (and so does not hang).
 
+A ReLU right after the BatchNorm (the usual conv -> batchnorm -> relu) is applied here, in
+the pass that writes y, when the Model sets `relu = True` (it then turns that ReLU layer into
+a pass-through, see core/model.py): y = max(gamma * xhat + beta, 0), and backward first
+zeroes dy where y = 0.  That saves the ReLU's own passes over memory; forward also keeps
+only the centred x - mean (xhat = (x - mean) * inv is never written out) and reuses its
+arrays from step to step.  Elementwise layers on (128, 26, 26, 32) floats are bound by
+memory traffic, so passes, not arithmetic, are what cost here.
+
 Running stats (eval mode) follow the global batch: r = (1 - momentum) r + momentum * stat,
 with the unbiased variance (m / (m - 1)), as in PyTorch.
 Tested by tests/test_core_batchnorm_reduce.py and tests/test_core_gradcheck.py.
 """
 import numpy as np
 
-from core.layers import Layer
+from core.layers import Layer, per_channel
 
 
 def identity_reduce(a):
@@ -46,6 +54,7 @@ class BatchNorm(Layer):
         self.param_shapes = {"gamma": (c,), "beta": (c,)}
         self.state_shapes = {"running_mean": (c,), "running_var": (c,)}
         self.reduce = identity_reduce
+        self.relu = False                         # True: also applies the ReLU that follows
 
     def flops(self, input_shape):
         return 2 * int(np.prod(input_shape))   # scale and shift (normalization folded in)
@@ -75,70 +84,84 @@ class BatchNorm(Layer):
         per_sample = np.einsum("npc,npc->nc", a3, b3)              # (B, C) float32
         return np.sum(per_sample, axis=0, dtype=np.float64)
 
-    def _scratch(self, shape, dtype):
-        """A (N, C) work array reused from step to step (backward's xhat * sum)."""
-        buf = self.__dict__.get("_tmp")
+    def _buffer(self, name, shape, dtype):
+        """A work array reused from step to step: fresh arrays of this size cost page faults
+        on every step, which on these machines take longer than the arithmetic."""
+        buf = self.__dict__.get("_buf_" + name)
         if buf is None or buf.shape != shape or buf.dtype != dtype:
-            buf = self._tmp = np.empty(shape, dtype)
+            buf = np.empty(shape, dtype)
+            self.__dict__["_buf_" + name] = buf
         return buf
 
     def forward(self, x, train):
-        c = x.shape[-1]
+        b, c = len(x), x.shape[-1]
+        p = x.size // max(b * c, 1)               # positions per sample: H*W, or 1
         dt = x.dtype.type
+        rows = x.reshape(b, p * c)                # (B, P*C): one sample a row
         if not train:
             # Fold running stats into one scale and shift per channel.
             scale = self.gamma / np.sqrt(self.running_var + dt(self.eps))   # (C,)
             shift = self.beta - self.running_mean * scale
-            y = x * scale                         # broadcasts over the last axis
-            y += shift
-            return y
-        xs = x.reshape(-1, c)                     # (N, C), N = local B or B*H*W
+            y = rows * per_channel(scale, p)
+            y += per_channel(shift, p)
+            return (np.maximum(y, 0, out=y) if self.relu else y).reshape(x.shape)
         # Reduce 1: per-channel sums and the sample count, in one vector.
         vec = np.empty(c + 1, np.float64)
         vec[:c] = self._sums(x)
-        vec[c] = xs.shape[0]
+        vec[c] = b * p
         tot = np.asarray(self.reduce(vec), np.float64)
         m = tot[c]                                # global count
         if m == 0:                                # no sample on any rank: nothing to do
-            self.xhat = None
+            self.xc = None
             return x.copy()
         mean = (tot[:c] / m).astype(x.dtype)      # (C,)
-        xhat = np.subtract(xs, mean)              # (N, C): centred now, normalized below
+        xc = np.subtract(rows, per_channel(mean, p), out=self._buffer("xc", rows.shape, x.dtype))
         # Reduce 2: centered sums of squares (two-pass variance).
-        sq = np.asarray(self.reduce(self._sums_of_products(xhat.reshape(x.shape),
-                                                           xhat.reshape(x.shape))), np.float64)
+        xc_nhwc = xc.reshape(x.shape)             # x - mean, (B, ..., C)
+        sq = np.asarray(self.reduce(self._sums_of_products(xc_nhwc, xc_nhwc)), np.float64)
         var = (sq / m).astype(x.dtype)            # (C,) biased
         inv = dt(1) / np.sqrt(var + dt(self.eps))        # (C,)
-        xhat *= inv
-        y = xhat * self.gamma
-        y += self.beta
+        # y = gamma * xhat + beta with xhat = xc * inv: one scale per channel, and xhat is
+        # never written out (backward works from xc and inv).
+        y = np.multiply(xc, per_channel(self.gamma * inv, p),
+                        out=self._buffer("y", rows.shape, x.dtype))
+        y += per_channel(self.beta, p)
+        if self.relu:                             # the ReLU after us, while y is at hand
+            np.maximum(y, 0, out=y)
         mom = dt(self.momentum)
         self.running_mean *= dt(1) - mom
         self.running_mean += mom * mean
         self.running_var *= dt(1) - mom
         self.running_var += mom * (var * (m / (m - 1)) if m > 1 else var)
-        self.xhat, self.inv, self.m = xhat, inv, m
+        self.xc, self.inv, self.m, self.y = xc, inv, m, y
         return y.reshape(x.shape)
 
     def backward(self, dy):
-        if self.xhat is None:                     # empty global batch
+        if self.xc is None:                       # empty global batch
             self.dgamma[...] = 0
             self.dbeta[...] = 0
             return dy.copy()
-        c = dy.shape[-1]
-        dys = dy.reshape(-1, c)                   # (N, C)
+        b, c = len(dy), dy.shape[-1]
+        p = dy.size // max(b * c, 1)
+        dz = dy.reshape(b, p * c)                 # dL/d(gamma xhat + beta), in place in dy
+        if self.relu:                             # the ReLU's backward: pass where y > 0
+            on = np.greater(self.y, 0, out=self._buffer("on", dz.shape, np.bool_))
+            np.multiply(dz, on, out=dz)
         local = np.empty(2 * c, np.float64)       # float64 sums, as in forward
-        local[:c] = self._sums(dy)
-        local[c:] = self._sums_of_products(dy, self.xhat.reshape(dy.shape))   # sum dy * xhat
+        local[:c] = self._sums(dy)                                       # sum dz
+        local[c:] = self._sums_of_products(dy, self.xc.reshape(dy.shape))   # sum dz * xc
+        local[c:] *= self.inv                     # sum dz * xhat = inv * sum dz * xc
         self.dbeta[...] = local[:c]               # local sums: the allreduce adds the rest
         self.dgamma[...] = local[c:]
         tot = np.asarray(self.reduce(local.copy()), np.float64)  # copy: a reduce may work in place
         m = self.m
-        # dx = gamma * inv * (dy - sum(dy)/m - xhat * sum(dy*xhat)/m), in place in dy
-        dx = dys
-        dx -= (tot[:c] / m).astype(dy.dtype)
-        prod = self._scratch(dys.shape, dy.dtype)
-        np.multiply(self.xhat, (tot[c:] / m).astype(dy.dtype), out=prod)
+        # dx = gamma * inv * (dz - sum(dz)/m - xhat * sum(dz*xhat)/m), in place in dz, as
+        #    = (dz - sum(dz)/m) * scale - xc * (scale * inv * sum(dz*xhat)/m)
+        scale = self.gamma * self.inv             # (C,)
+        dx = dz
+        dx -= per_channel(tot[:c] / m, p, dy.dtype)
+        dx *= per_channel(scale, p)
+        prod = np.multiply(self.xc, per_channel(scale * self.inv * (tot[c:] / m), p, dy.dtype),
+                           out=self._buffer("prod", dz.shape, dy.dtype))
         dx -= prod
-        dx *= self.gamma * self.inv
         return dx.reshape(dy.shape)
