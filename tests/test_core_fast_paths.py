@@ -48,6 +48,7 @@ def test_batchnorm_relu_equals_the_textbook(shape, relu):
         np.testing.assert_allclose(dx.reshape(-1, c), ref[1], rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(model.layers[0].dgamma, ref[2], rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(model.layers[0].dbeta, ref[3], rtol=1e-10, atol=1e-12)
+        y[...] = dx[...] = np.nan       # the layers around may write into these arrays
     # eval mode: running statistics, and the ReLU when fused
     y_eval = model.forward(x, False)
     bn = model.layers[0]
@@ -62,3 +63,46 @@ def test_batchnorm_relu_gradients(shape):
            [{"type": "conv", "out": 4, "kernel": 3, "pad": 1}, {"type": "batchnorm"},
             {"type": "relu"}, {"type": "flatten"}, {"type": "dense", "out": 10}]
     assert check_model(spec, shape if len(shape) == 3 else (2, 3, 1), "xent", batch=6) < TOL
+
+
+def reference_conv(x, W, b, stride, pad, dy):
+    """Textbook convolution on NHWC, a loop over kernel offsets: y, and dx, dW, db for dy."""
+    k, s = W.shape[0], stride
+    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    ho, wo = (xp.shape[1] - k) // s + 1, (xp.shape[2] - k) // s + 1
+    y = np.zeros((len(x), ho, wo, W.shape[3])) + b
+    dxp, dW = np.zeros_like(xp), np.zeros_like(W)
+    for i in range(k):
+        for j in range(k):
+            window = xp[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :]
+            y += window @ W[i, j]
+            dW[i, j] = np.einsum("bhwc,bhwo->co", window, dy)
+            dxp[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :] += dy @ W[i, j].T
+    dx = dxp[:, pad:pad + x.shape[1], pad:pad + x.shape[2], :]
+    return y, dx, dW, dy.sum((0, 1, 2))
+
+
+@pytest.mark.parametrize("k,s,p,hw", [(3, 1, 0, (7, 6)), (3, 1, 1, (6, 6)), (5, 2, 2, (8, 8)),
+                                      (5, 2, 2, (9, 7)), (3, 2, 0, (7, 8)), (2, 2, 1, (5, 6)),
+                                      (1, 2, 0, (5, 5)), (3, 3, 1, (7, 8)), (2, 1, 2, (4, 3)),
+                                      (4, 3, 3, (6, 5))])
+def test_conv_equals_the_textbook(k, s, p, hw):
+    # dx by phases (one stride-1 convolution per input phase, Conv2D._dx_by_phases), including
+    # kernels smaller than the stride (phases no tap reaches) and pads larger than k - 1.
+    shape = hw + (3,)
+    model = Model([{"type": "conv", "out": 4, "kernel": k, "stride": s, "pad": p}], shape,
+                  dtype=np.float64)
+    conv = model.layers[0]
+    rng = np.random.default_rng(k * 100 + s * 10 + p)
+    model.theta[:] = rng.standard_normal(model.theta.size)
+    x = rng.standard_normal((3,) + shape)
+    dy = rng.standard_normal((3,) + model.output_shape)
+    for _ in range(2):                                     # reused buffers: same results again
+        y = model.forward(x, True)
+        dx = model.backward(dy, input_grad=True)
+        ref = reference_conv(x, conv.W, conv.b, s, p, dy)
+        np.testing.assert_allclose(y, ref[0], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(dx, ref[1], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(conv.dW, ref[2], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(conv.db, ref[3], rtol=1e-12, atol=1e-12)
+        y[...] = dx[...] = np.nan       # the layers around may write into these arrays
