@@ -25,8 +25,7 @@ Tested by tests/test_core_gradcheck.py (strides 1 and 2, pads 0 and 1, 1 to 4 ch
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from core import winograd
-from core.layers import Layer, REQUIRED, column_sum, per_channel
+from core.layers import Layer, REQUIRED, column_sum
 
 
 def _windows(x, kh, kw, stride, ho, wo):
@@ -72,8 +71,6 @@ class Conv2D(Layer, _Buffers):
             "stride": (int, 1, "positive"), "pad": (int, 0, "nonnegative")}
     decay = ("W",)
     CHUNK_ELEMENTS = 2 ** 18              # floats of im2col per chunk: 1 MB, ~ the L2 cache
-    WINOGRAD = True                       # 3x3 stride-1 layers through core/winograd.py
-    WINOGRAD_CHUNK_ELEMENTS = 2 ** 18     # floats of transformed input V per chunk
 
     def __init__(self, index, input_shape, out, kernel, stride, pad):
         super().__init__(index, input_shape)
@@ -144,8 +141,6 @@ class Conv2D(Layer, _Buffers):
             self.xp, self.x_shape = xp, x.shape                     # backward redoes im2col
         y = (self._buffer("y", (b * hw, self.out), x.dtype) if train   # (B*Ho*Wo, Cout) = NHWC
              else np.empty((b * hw, self.out), x.dtype))
-        if self._winograd():
-            return self._forward_winograd(xp, y.reshape(b, self.ho, self.wo, self.out))
         W2 = self.W.reshape(kdim, self.out)
         if c == 1:                                                 # the image itself
             cols_t = self._im2col_one_channel(xp, "cols_t" if train else "cols_t_eval")
@@ -167,9 +162,6 @@ class Conv2D(Layer, _Buffers):
         kdim, hw = k * k * c, ho * wo
         dy2 = dy.reshape(b * hw, self.out)                         # (N, Cout)
         dW = self.dW.reshape(kdim, self.out)
-        if self._winograd():
-            column_sum(dy2, out=self.db)
-            return self._backward_winograd(dy)
         if c == 1:                                                 # forward's cols, kept
             cols_t = self._buffer("cols_t", (kdim + 1, b, ho, wo), dy.dtype).reshape(kdim + 1, -1)
             dw_db = self._buffer("dw_db", (kdim + 1, self.out), dy.dtype)
@@ -188,73 +180,6 @@ class Conv2D(Layer, _Buffers):
         if not self.need_dx:
             return None
         return self._dx_by_phases(dy)
-
-    # --- 3x3, stride 1: Winograd F(2x2, 3x3), core/winograd.py ----------------------------
-    def _winograd(self):
-        """Whether this layer goes through Winograd: 3x3, stride 1, more than one input
-        channel (the image layer has its own cheap path), even output height and width (the
-        2x2 output tiles cover it exactly)."""
-        return (self.WINOGRAD and self.k == 3 and self.s == 1 and self.input_shape[2] > 1
-                and self.ho % 2 == 0 and self.wo % 2 == 0)
-
-    def _winograd_arrays(self, n, c, dtype):
-        """Work arrays for a chunk of n samples (reused; one set per chunk size)."""
-        th, tw, co = self.ho // 2, self.wo // 2, self.out
-        t, wp = n * th * tw, 2 * tw + 2
-        names = {"rows": (4, n, th, wp, c), "V": (4, 4, n, th, tw, c), "M": (16, t, co),
-                 "sums": (2, 4, t, co), "dV": (16, t, c), "scratch": (4, n, th, tw, c),
-                 "scratch_rows": (n, th, wp, c)}
-        return {k: self._buffer(f"wino_{k}_{n}", shape, dtype) for k, shape in names.items()}
-
-    def _winograd_chunks(self, b, c):
-        per_sample = 16 * (self.ho // 2) * (self.wo // 2) * c          # floats of V
-        n = max(1, self.WINOGRAD_CHUNK_ELEMENTS // per_sample)
-        return [(i, min(i + n, b)) for i in range(0, b, n)]
-
-    def _forward_winograd(self, xp, y):                            # y (B, Ho, Wo, Cout)
-        """y = A^T [V @ U] A chunk by chunk: input transform, 16 GEMMs, output transform,
-        bias (core/winograd.py).  The chunk's V and M stay in cache, as im2col's cols do."""
-        b, c = len(xp), xp.shape[3]
-        th, tw = self.ho // 2, self.wo // 2
-        U = winograd.weight_transform(self.W)                      # (16, Cin, Cout)
-        bias = per_channel(self.b, self.ho * self.wo)
-        for i, j in self._winograd_chunks(b, c):
-            a = self._winograd_arrays(j - i, c, xp.dtype)
-            V = winograd.input_transform(xp[i:j], th, tw, a["rows"], a["V"])
-            np.matmul(V.reshape(16, -1, c), U, out=a["M"])         # (16, T, Cout)
-            winograd.output_transform(a["M"], j - i, th, tw, a["sums"], y[i:j])
-            y[i:j].reshape(j - i, -1)[...] += bias
-        return y
-
-    def _backward_winograd(self, dy):
-        """The transposed maps in reverse order, chunk by chunk (V redone from the padded
-        input, as im2col is): dM = A dY A^T; dU += V^T dM; dV = dM U^T; dx = B dV B^T added
-        into the overlapping tiles; finally dW = G^T dU G."""
-        b, h, w, c = self.x_shape
-        p, th, tw = self.p, self.ho // 2, self.wo // 2
-        U = winograd.weight_transform(self.W)
-        Ut = np.ascontiguousarray(U.transpose(0, 2, 1))            # (16, Cout, Cin)
-        dU = np.zeros(U.shape, U.dtype)
-        part = np.empty(U.shape, U.dtype)
-        dx = self._buffer("dx", self.x_shape, dy.dtype) if self.need_dx else None
-        for i, j in self._winograd_chunks(b, c):
-            a = self._winograd_arrays(j - i, c, dy.dtype)
-            V = winograd.input_transform(self.xp[i:j], th, tw, a["rows"], a["V"])
-            dM = winograd.output_transform_backward(dy[i:j], a["sums"].reshape(
-                2, 4, j - i, th, tw, self.out), a["M"])            # (16, T, Cout)
-            np.matmul(V.reshape(16, -1, c).transpose(0, 2, 1), dM, out=part)
-            dU += part                                             # (16, Cin, Cout)
-            if dx is None:
-                continue
-            dV = np.matmul(dM, Ut, out=a["dV"]).reshape(a["V"].shape)
-            dxp = dx[i:j] if p == 0 else self._buffer(f"wino_dxp_{j - i}", self.xp[i:j].shape,
-                                                      dy.dtype)
-            winograd.input_transform_backward(dV, th, tw, a["rows"], dxp, a["scratch"],
-                                              a["scratch_rows"])
-            if p:
-                dx[i:j] = dxp[:, p:p + h, p:p + w, :]
-        self.dW[...] = winograd.weight_transform_backward(dU)
-        return dx
 
     def _phase_taps(self, a, pad):
         """The kernel offsets i that reach input rows a, a+s, a+2s, ... (phase a), sorted so
