@@ -25,7 +25,8 @@ Tested by tests/test_core_gradcheck.py (strides 1 and 2, pads 0 and 1, 1 to 4 ch
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from core.layers import Layer, REQUIRED, column_sum
+from core.layers import Layer, REQUIRED, column_sum, per_channel
+from core.parallel import run_chunks
 
 
 def _windows(x, kh, kw, stride, ho, wo):
@@ -149,11 +150,14 @@ class Conv2D(Layer, _Buffers):
             np.matmul(cols_t.T, w_b, out=y)                        # (N, kh*kw + 1) @ [W; b]
             return y.reshape(b, self.ho, self.wo, self.out)
         chunks, self._chunk_n = self._chunks(b, self.ho, self.wo, kdim)
-        for i, j in chunks:
-            cols = self._im2col(xp, i, j, self.ho, self.wo, self.s, "cols")
+        bias = per_channel(self.b, hw)                             # (Ho*Wo*Cout,)
+
+        def chunk(worker, i, j, first):                            # samples i:j
+            cols = self._im2col(xp, i, j, self.ho, self.wo, self.s, f"cols{worker}")
             yc = y[i * hw:j * hw]                                  # contiguous rows
             np.matmul(cols, W2, out=yc)                            # (n*Ho*Wo, Cout): the GEMM
-            yc += self.b                                           # while it is in cache
+            yc.reshape(j - i, -1)[...] += bias                     # while it is in cache
+        run_chunks(chunk, chunks)                                  # on every core (parallel.py)
         return y.reshape(b, self.ho, self.wo, self.out)
 
     def backward(self, dy):                                        # dy (B, Ho, Wo, Cout)
@@ -168,14 +172,20 @@ class Conv2D(Layer, _Buffers):
             np.matmul(cols_t, dy2, out=dw_db)                      # (K + 1, N) @ (N, Cout)
             dW[...], self.db[...] = dw_db[:kdim], dw_db[kdim]      # [dW; db]
         else:
-            part = self._buffer("dW_part", dW.shape, dW.dtype)
             chunks, self._chunk_n = self._chunks(b, ho, wo, kdim)
-            for n, (i, j) in enumerate(chunks):
-                cols = self._im2col(self.xp, i, j, ho, wo, s, "cols")  # (n*Ho*Wo, K), again
+
+            def chunk(worker, i, j, first):                        # one sum per worker
+                cols = self._im2col(self.xp, i, j, ho, wo, s, f"cols{worker}")  # again
                 # dW = sum over chunks of cols^T @ dy: (K, n*Ho*Wo) @ (n*Ho*Wo, Cout)
-                np.matmul(cols.T, dy2[i * hw:j * hw], out=dW if n == 0 else part)
-                if n:
-                    dW += part
+                total = self._buffer(f"dW_sum{worker}", dW.shape, dW.dtype)
+                part = total if first else self._buffer(f"dW_part{worker}", dW.shape, dW.dtype)
+                np.matmul(cols.T, dy2[i * hw:j * hw], out=part)
+                if not first:
+                    total += part
+            workers = run_chunks(chunk, chunks)
+            dW[...] = self._buffer("dW_sum0", dW.shape, dW.dtype)
+            for worker in range(1, workers):                       # in worker order: repeatable
+                dW += self._buffer(f"dW_sum{worker}", dW.shape, dW.dtype)
             column_sum(dy2, out=self.db)                           # (Cout,)
         if not self.need_dx:
             return None
@@ -235,15 +245,17 @@ class Conv2D(Layer, _Buffers):
                 kdim = th * tw * self.out
                 chunks, self._chunk_n = self._chunks(b, hu, wu, kdim)
                 shape = f"{th}x{tw}:{hu}x{wu}"                      # buffers per phase shape
-                out = self._buffer("dx_" + shape, (self._chunk_n * hu * wu, c), dy.dtype)
-                for i, j in chunks:
-                    cols_ = self._im2col(src, i, j, hu, wu, 1, "dcols_" + shape, th, tw)
+
+                def chunk(worker, i, j, first):
+                    cols = self._im2col(src, i, j, hu, wu, 1, f"dcols{worker}_{shape}", th, tw)
                     if s == 1:                                     # the phase is all of dx
-                        np.matmul(cols_, wsub, out=dx[i:j].reshape(-1, c))
+                        np.matmul(cols, wsub, out=dx[i:j].reshape(-1, c))
                     else:
-                        part = out[:(j - i) * hu * wu]
-                        np.matmul(cols_, wsub, out=part)           # (n*hu*wu, Cin)
+                        part = self._buffer(f"dx{worker}_{shape}", (self._chunk_n * hu * wu, c),
+                                            dy.dtype)[:(j - i) * hu * wu]
+                        np.matmul(cols, wsub, out=part)            # (n*hu*wu, Cin)
                         phase[i:j] = part.reshape(j - i, hu, wu, c)
+                run_chunks(chunk, chunks)
         return dx
 
 

@@ -34,6 +34,7 @@ Tested by tests/test_core_batchnorm_reduce.py and tests/test_core_gradcheck.py.
 import numpy as np
 
 from core.layers import Layer, per_channel
+from core.parallel import run_chunks
 
 
 def identity_reduce(a):
@@ -59,29 +60,31 @@ class BatchNorm(Layer):
     def flops(self, input_shape):
         return 2 * int(np.prod(input_shape))   # scale and shift (normalization folded in)
 
-    def _sums(self, a):
-        """float64 (C,) per-channel sums of a (B, ..., C): float32 sums within each sample
-        (a batched GEMV with a ones vector over its H*W positions; BLAS, fast), then float64
-        across samples.  Float64 accumulators keep the rounding far below float32's, and a
-        sample's own sum does not depend on which rank holds it, so a batch split over 4
-        ranks gets the same float32 statistics as the whole batch in one process (world-size
-        invariance) -- at ~4x the speed of one float64 reduction over all B*H*W rows."""
-        p = int(np.prod(a.shape[1:-1]))                          # positions per sample
-        per_sample = a.reshape(len(a), p, a.shape[-1])            # (B, P, C), P = H*W or 1
-        if per_sample.shape[1] > 1:
-            ones = self.__dict__.get("_ones")
-            if ones is None or ones.shape[0] != per_sample.shape[1] or ones.dtype != a.dtype:
-                ones = self._ones = np.ones(per_sample.shape[1], a.dtype)
-            per_sample = np.matmul(ones, per_sample)               # (B, C)
-        return np.sum(per_sample.reshape(-1, a.shape[-1]), axis=0, dtype=np.float64)
+    CHUNK_ELEMENTS = 2 ** 18                      # floats per chunk of samples (1 MB)
 
-    def _sums_of_products(self, a, b):
-        """float64 (C,) per-channel sums of a * b, both (B, ..., C), with the same per-sample
-        split as ``_sums``. einsum multiplies and adds in one pass without writing the product
-        out: 1.4-1.8x faster than a product array plus ``_sums`` at (128, 26, 26, 32)."""
-        p = int(np.prod(a.shape[1:-1]))
-        a3, b3 = a.reshape(len(a), p, a.shape[-1]), b.reshape(len(b), p, b.shape[-1])
-        per_sample = np.einsum("npc,npc->nc", a3, b3)              # (B, C) float32
+    def _sample_sums(self, a3, out):
+        """out (n, C) = float32 per-sample sums of a3 (n, P, C) over its P = H*W positions: a
+        batched GEMV with a ones vector (BLAS, fast).  The statistics then add these in
+        float64 across samples (`_total`): float64 accumulators keep the rounding far below
+        float32's, and a sample's own sum does not depend on which rank holds it, so a batch
+        split over 4 ranks gets the same float32 statistics as the whole batch in one
+        process (world-size invariance) -- at ~4x the speed of one float64 reduction over all
+        B*H*W rows."""
+        if a3.shape[1] == 1:
+            out[...] = a3[:, 0]
+        else:
+            np.matmul(self._ones, a3, out=out)
+
+    @staticmethod
+    def _sample_dots(a3, b3, out):
+        """out (n, C) = float32 per-sample sums of a3 * b3 (n, P, C), as `_sample_sums`.
+        einsum multiplies and adds in one pass without writing the product out: 1.4-1.8x
+        faster than a product array plus a sum at (128, 26, 26, 32)."""
+        np.einsum("npc,npc->nc", a3, b3, out=out)
+
+    @staticmethod
+    def _total(per_sample):
+        """float64 (C,) sum over samples of per-sample float32 sums (B, C)."""
         return np.sum(per_sample, axis=0, dtype=np.float64)
 
     def _buffer(self, name, shape, dtype):
@@ -93,21 +96,34 @@ class BatchNorm(Layer):
             self.__dict__["_buf_" + name] = buf
         return buf
 
+    def _prepare(self, a):
+        """Shapes of a (B, ..., C) for the passes below: B, P, C, the samples as rows
+        (B, P*C), as (B, P, C), and the chunks of samples that go to the workers."""
+        b, c = len(a), a.shape[-1]
+        p = a.size // max(b * c, 1)               # positions per sample: H*W, or 1
+        ones = getattr(self, "_ones", None)
+        if p > 1 and (ones is None or ones.shape != (p,) or ones.dtype != a.dtype):
+            self._ones = np.ones(p, a.dtype)
+        n = max(1, self.CHUNK_ELEMENTS // max(p * c, 1))
+        chunks = [(i, min(i + n, b)) for i in range(0, b, n)]
+        return b, p, c, a.reshape(b, p * c), a.reshape(b, p, c), chunks
+
+    # Every pass below runs over chunks of samples on all of the process's cores
+    # (core/parallel.py); each is elementwise within a sample or a per-sample sum.
     def forward(self, x, train):
-        b, c = len(x), x.shape[-1]
-        p = x.size // max(b * c, 1)               # positions per sample: H*W, or 1
+        b, p, c, rows, x3, chunks = self._prepare(x)   # rows (B, P*C), x3 (B, P, C)
         dt = x.dtype.type
-        rows = x.reshape(b, p * c)                # (B, P*C): one sample a row
         if not train:
             # Fold running stats into one scale and shift per channel.
             scale = self.gamma / np.sqrt(self.running_var + dt(self.eps))   # (C,)
             shift = self.beta - self.running_mean * scale
-            y = rows * per_channel(scale, p)
-            y += per_channel(shift, p)
-            return (np.maximum(y, 0, out=y) if self.relu else y).reshape(x.shape)
+            return self._scale_shift(rows, rows, scale, shift, p, chunks, np.empty(rows.shape, x.dtype)
+                                     ).reshape(x.shape)
         # Reduce 1: per-channel sums and the sample count, in one vector.
+        per = self._buffer("per_sample", (b, 2, c), x.dtype)      # float32 sums per sample
+        run_chunks(lambda w, i, j, first: self._sample_sums(x3[i:j], per[i:j, 0]), chunks)
         vec = np.empty(c + 1, np.float64)
-        vec[:c] = self._sums(x)
+        vec[:c] = self._total(per[:, 0])
         vec[c] = b * p
         tot = np.asarray(self.reduce(vec), np.float64)
         m = tot[c]                                # global count
@@ -115,19 +131,22 @@ class BatchNorm(Layer):
             self.xc = None
             return x.copy()
         mean = (tot[:c] / m).astype(x.dtype)      # (C,)
-        xc = np.subtract(rows, per_channel(mean, p), out=self._buffer("xc", rows.shape, x.dtype))
+        xc = self._buffer("xc", rows.shape, x.dtype)             # x - mean, (B, P*C)
+        xc3 = xc.reshape(x3.shape)
+        mean_rows = per_channel(mean, p)
+
+        def centre(w, i, j, first):               # and the centred sums of squares
+            np.subtract(rows[i:j], mean_rows, out=xc[i:j])
+            self._sample_dots(xc3[i:j], xc3[i:j], per[i:j, 1])
+        run_chunks(centre, chunks)
         # Reduce 2: centered sums of squares (two-pass variance).
-        xc_nhwc = xc.reshape(x.shape)             # x - mean, (B, ..., C)
-        sq = np.asarray(self.reduce(self._sums_of_products(xc_nhwc, xc_nhwc)), np.float64)
+        sq = np.asarray(self.reduce(self._total(per[:, 1])), np.float64)
         var = (sq / m).astype(x.dtype)            # (C,) biased
         inv = dt(1) / np.sqrt(var + dt(self.eps))        # (C,)
         # y = gamma * xhat + beta with xhat = xc * inv: one scale per channel, and xhat is
         # never written out (backward works from xc and inv).
-        y = np.multiply(xc, per_channel(self.gamma * inv, p),
-                        out=self._buffer("y", rows.shape, x.dtype))
-        y += per_channel(self.beta, p)
-        if self.relu:                             # the ReLU after us, while y is at hand
-            np.maximum(y, 0, out=y)
+        y = self._scale_shift(rows, xc, self.gamma * inv, self.beta, p, chunks,
+                              self._buffer("y", rows.shape, x.dtype))
         mom = dt(self.momentum)
         self.running_mean *= dt(1) - mom
         self.running_mean += mom * mean
@@ -136,21 +155,38 @@ class BatchNorm(Layer):
         self.xc, self.inv, self.m, self.y = xc, inv, m, y
         return y.reshape(x.shape)
 
+    def _scale_shift(self, rows, a, scale, shift, p, chunks, out):
+        """out = a * scale + shift per channel (rows (B, P*C)), then the ReLU if fused."""
+        scale_rows, shift_rows = per_channel(scale, p), per_channel(shift, p)
+
+        def chunk(w, i, j, first):
+            yc = np.multiply(a[i:j], scale_rows, out=out[i:j])
+            yc += shift_rows
+            if self.relu:                         # the ReLU after us, while y is at hand
+                np.maximum(yc, 0, out=yc)
+        run_chunks(chunk, chunks)
+        return out
+
     def backward(self, dy):
         if self.xc is None:                       # empty global batch
             self.dgamma[...] = 0
             self.dbeta[...] = 0
             return dy.copy()
-        b, c = len(dy), dy.shape[-1]
-        p = dy.size // max(b * c, 1)
-        dz = dy.reshape(b, p * c)                 # dL/d(gamma xhat + beta), in place in dy
-        if self.relu:                             # the ReLU's backward: pass where y > 0
-            on = np.greater(self.y, 0, out=self._buffer("on", dz.shape, np.bool_))
-            np.multiply(dz, on, out=dz)
+        b, p, c, dz, dz3, chunks = self._prepare(dy)   # dL/d(gamma xhat + beta), in place in dy
+        xc3 = self.xc.reshape(dz3.shape)
+        per = self._buffer("per_sample", (b, 2, c), dy.dtype)
+        rows_per_chunk = chunks[0][1] - chunks[0][0] if chunks else 0   # per-worker arrays
+
+        def sums(w, i, j, first):
+            if self.relu:                         # the ReLU's backward: pass where y > 0
+                on = self._buffer(f"on{w}", (rows_per_chunk, p * c), np.bool_)[:j - i]
+                np.multiply(dz[i:j], np.greater(self.y[i:j], 0, out=on), out=dz[i:j])
+            self._sample_sums(dz3[i:j], per[i:j, 0])                     # sum dz
+            self._sample_dots(dz3[i:j], xc3[i:j], per[i:j, 1])           # sum dz * xc
+        run_chunks(sums, chunks)
         local = np.empty(2 * c, np.float64)       # float64 sums, as in forward
-        local[:c] = self._sums(dy)                                       # sum dz
-        local[c:] = self._sums_of_products(dy, self.xc.reshape(dy.shape))   # sum dz * xc
-        local[c:] *= self.inv                     # sum dz * xhat = inv * sum dz * xc
+        local[:c] = self._total(per[:, 0])
+        local[c:] = self._total(per[:, 1]) * self.inv   # sum dz * xhat = inv * sum dz * xc
         self.dbeta[...] = local[:c]               # local sums: the allreduce adds the rest
         self.dgamma[...] = local[c:]
         tot = np.asarray(self.reduce(local.copy()), np.float64)  # copy: a reduce may work in place
@@ -158,10 +194,15 @@ class BatchNorm(Layer):
         # dx = gamma * inv * (dz - sum(dz)/m - xhat * sum(dz*xhat)/m), in place in dz, as
         #    = (dz - sum(dz)/m) * scale - xc * (scale * inv * sum(dz*xhat)/m)
         scale = self.gamma * self.inv             # (C,)
-        dx = dz
-        dx -= per_channel(tot[:c] / m, p, dy.dtype)
-        dx *= per_channel(scale, p)
-        prod = np.multiply(self.xc, per_channel(scale * self.inv * (tot[c:] / m), p, dy.dtype),
-                           out=self._buffer("prod", dz.shape, dy.dtype))
-        dx -= prod
-        return dx.reshape(dy.shape)
+        mean_rows = per_channel(tot[:c] / m, p, dy.dtype)
+        scale_rows = per_channel(scale, p)
+        xc_rows = per_channel(scale * self.inv * (tot[c:] / m), p, dy.dtype)
+
+        def gradient(w, i, j, first):
+            dx = dz[i:j]
+            dx -= mean_rows
+            dx *= scale_rows
+            prod = self._buffer(f"prod{w}", (rows_per_chunk, p * c), dy.dtype)[:j - i]
+            dx -= np.multiply(self.xc[i:j], xc_rows, out=prod)
+        run_chunks(gradient, chunks)
+        return dz.reshape(dy.shape)

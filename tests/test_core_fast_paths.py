@@ -106,3 +106,40 @@ def test_conv_equals_the_textbook(k, s, p, hw):
         np.testing.assert_allclose(conv.dW, ref[2], rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(conv.db, ref[3], rtol=1e-12, atol=1e-12)
         y[...] = dx[...] = np.nan       # the layers around may write into these arrays
+
+
+SMALL_BEST = [{"type": "conv", "out": 6, "kernel": 3}, {"type": "batchnorm"}, {"type": "relu"},
+              {"type": "conv", "out": 6, "kernel": 3}, {"type": "batchnorm"}, {"type": "relu"},
+              {"type": "conv", "out": 8, "kernel": 5, "stride": 2, "pad": 2}, {"type": "batchnorm"},
+              {"type": "relu"}, {"type": "dropout", "p": 0.4}, {"type": "flatten"},
+              {"type": "dense", "out": 10}]
+
+
+def test_layers_on_two_threads_equal_one_thread(monkeypatch):
+    # core/parallel.py: with 2 BLAS threads, conv and batch norm split their chunks of samples
+    # over 2 Python threads.  Forward and dx are the same numbers (every chunk is computed as
+    # alone); dW sums per-worker partials, so it agrees to float32 rounding, and a threaded
+    # run repeats itself bitwise.
+    from threadpoolctl import threadpool_limits
+    from core.conv import Conv2D
+    from core.keyed_random import keyed_noise
+    from core.losses import softmax_cross_entropy
+    from core.norm import BatchNorm
+    monkeypatch.setattr(Conv2D, "CHUNK_ELEMENTS", 2 ** 11)      # many chunks on small data
+    monkeypatch.setattr(BatchNorm, "CHUNK_ELEMENTS", 2 ** 9)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((12, 14, 14, 1)).astype(np.float32)
+    labels = rng.integers(0, 10, 12)
+    noise = keyed_noise(0, 0, np.arange(12))
+
+    def step(threads):
+        model = Model(SMALL_BEST, (14, 14, 1), seed=1)
+        with threadpool_limits(threads, user_api="blas"):
+            out = model.forward(x, True, noise)
+            model.backward(softmax_cross_entropy(out, labels, 12)[1])
+        return out.copy(), model.grad.copy()
+
+    one, two, again = step(1), step(2), step(2)
+    np.testing.assert_array_equal(two[0], one[0])
+    np.testing.assert_allclose(two[1], one[1], rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(again[1], two[1])
