@@ -292,50 +292,66 @@ class MaxPool2D(Layer):
         s = self.s
         return a[:, i:i + s * (self.ho - 1) + 1:s, j:j + s * (self.wo - 1) + 1:s, :]
 
+    CHUNK_ELEMENTS = 2 ** 18              # floats of input per chunk of samples
+
+    def _sample_chunks(self, b):
+        """Chunks of samples for the cores (core/parallel.py): every window is in one sample."""
+        n = max(1, self.CHUNK_ELEMENTS // int(np.prod(self.input_shape)))
+        return [(i, min(i + n, b)) for i in range(0, b, n)]
+
     def forward(self, x, train):                                   # x (B, H, W, C)
-        y = self._offset(x, 0).copy()                              # (B, Ho, Wo, C)
-        for o in range(1, self.k * self.k):
-            np.maximum(y, self._offset(x, o), out=y)               # branch-free running max
+        y = np.empty((len(x), self.ho, self.wo, x.shape[3]), x.dtype)   # (B, Ho, Wo, C)
+
+        def chunk(worker, i, j, first):
+            np.copyto(y[i:j], self._offset(x[i:j], 0))
+            for o in range(1, self.k * self.k):
+                np.maximum(y[i:j], self._offset(x[i:j], o), out=y[i:j])   # branch-free running max
+        run_chunks(chunk, self._sample_chunks(len(x)))
         if train:
             self.x, self.y = x, y                                  # x is the previous output anyway
         return y
 
     def backward(self, dy):                                        # dy (B, Ho, Wo, C)
-        return self._backward_tiles(dy) if self.tiles else self._backward_offsets(dy)
+        dx = np.empty(self.x.shape, dy.dtype)                      # (B, H, W, C)
+        backward = self._backward_tiles if self.tiles else self._backward_offsets
+        run_chunks(lambda worker, i, j, first: backward(self.x[i:j], self.y[i:j], dy[i:j], dx[i:j]),
+                   self._sample_chunks(len(dy)))
+        return dx
 
-    def _backward_tiles(self, dy):
-        """Windows that tile x: as (B, Ho, k, Wo, k, C), every window's inputs sit on axes 2
+    def _backward_tiles(self, x, y, dy, dx):
+        """dx (n, H, W, C) from x, y, dy of n samples, for windows that tile x.
+        As (n, Ho, k, Wo, k, C), every window's inputs sit on axes 2
         and 4, and y and dy broadcast over them.  One comparison marks the maxima and one
         multiply writes dx: two passes over x, against several per window offset in
         _backward_offsets (1.4-1.9x faster at cnn's first pool).  The same result, ties
         included: where a window has several maxima, only its first keeps the gradient."""
         k = self.k
         tiles = (len(dy), self.ho, k, self.wo, k, dy.shape[3])
-        at_max = np.equal(self.x.reshape(tiles), self.y[:, :, None, :, None, :])   # bool
+        at_max = np.equal(x.reshape(tiles), y[:, :, None, :, None, :])   # bool
         # Each window has at least one maximum, so more marks than windows means a tie.
         # (Rare in float data, common after a ReLU: windows of zeros.  A NaN window marks
         # nothing; NaNs stop training at the update's finiteness check anyway.)
-        if np.count_nonzero(at_max) != self.y.size:
-            taken = np.zeros(self.y.shape, bool)                   # window already served
+        if np.count_nonzero(at_max) != y.size:
+            taken = np.zeros(y.shape, bool)                        # window already served
             for i in range(k):
                 for j in range(k):
                     first = at_max[:, :, i, :, j, :]               # (B, Ho, Wo, C) view
                     np.greater(first, taken, out=first)            # first & ~taken
                     taken |= first
-        dx = np.empty(self.x.shape, dy.dtype)                      # (B, H, W, C)
         np.multiply(at_max, dy[:, :, None, :, None, :], out=dx.reshape(tiles))
-        return dx
 
-    def _backward_offsets(self, dy):
-        # Route dy to the first offset whose input equals the max.  Recomputing this mask
-        # is cheaper than tracking an argmax with masked writes, which branch per element.
+    def _backward_offsets(self, x, y, dy, dx):
+        """dx (n, H, W, C) from x, y, dy of n samples, for any windows.
+        Route dy to the first offset whose input equals the max.  Recomputing this mask
+        is cheaper than tracking an argmax with masked writes, which branch per element."""
         k2, disjoint = self.k * self.k, self.s >= self.k
-        covered = disjoint and self.ho * self.k == self.x.shape[1] and self.wo * self.k == self.x.shape[2]
-        dx = (np.empty if covered else np.zeros)(self.x.shape, dy.dtype)   # (B, H, W, C)
-        taken = np.zeros(self.y.shape, bool)                       # window already served
-        first = np.empty(self.y.shape, bool)
+        covered = disjoint and self.ho * self.k == x.shape[1] and self.wo * self.k == x.shape[2]
+        if not covered:
+            dx[...] = 0                                            # (n, H, W, C)
+        taken = np.zeros(y.shape, bool)                            # window already served
+        first = np.empty(y.shape, bool)
         for o in range(k2):
-            np.equal(self._offset(self.x, o), self.y, out=first)
+            np.equal(self._offset(x, o), y, out=first)
             np.greater(first, taken, out=first)                    # first & ~taken
             if o < k2 - 1:
                 taken |= first
@@ -344,4 +360,3 @@ class MaxPool2D(Layer):
                 np.multiply(dy, first, out=dxo)
             else:                                                  # overlapping: accumulate
                 dxo += dy * first
-        return dx

@@ -115,25 +115,33 @@ SMALL_BEST = [{"type": "conv", "out": 6, "kernel": 3}, {"type": "batchnorm"}, {"
               {"type": "dense", "out": 10}]
 
 
-def test_layers_on_two_threads_equal_one_thread(monkeypatch):
-    # core/parallel.py: with 2 BLAS threads, conv and batch norm split their chunks of samples
+SMALL_CNN = [{"type": "conv", "out": 6, "kernel": 3, "pad": 1}, {"type": "maxpool", "kernel": 2},
+             {"type": "relu"}, {"type": "conv", "out": 8, "kernel": 3, "pad": 1},
+             {"type": "maxpool", "kernel": 3, "stride": 2}, {"type": "relu"}, {"type": "flatten"},
+             {"type": "dense", "out": 10}]
+
+
+@pytest.mark.parametrize("spec", [SMALL_BEST, SMALL_CNN], ids=["best", "cnn"])
+def test_layers_on_two_threads_equal_one_thread(monkeypatch, spec):
+    # core/parallel.py: with 2 BLAS threads, conv, batch norm and max-pool split their samples
     # over 2 Python threads.  Forward and dx are the same numbers (every chunk is computed as
     # alone); dW sums per-worker partials, so it agrees to float32 rounding, and a threaded
     # run repeats itself bitwise.
     from threadpoolctl import threadpool_limits
-    from core.conv import Conv2D
+    from core.conv import Conv2D, MaxPool2D
     from core.keyed_random import keyed_noise
     from core.losses import softmax_cross_entropy
     from core.norm import BatchNorm
     monkeypatch.setattr(Conv2D, "CHUNK_ELEMENTS", 2 ** 11)      # many chunks on small data
     monkeypatch.setattr(BatchNorm, "CHUNK_ELEMENTS", 2 ** 9)
+    monkeypatch.setattr(MaxPool2D, "CHUNK_ELEMENTS", 2 ** 9)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((12, 14, 14, 1)).astype(np.float32)
     labels = rng.integers(0, 10, 12)
     noise = keyed_noise(0, 0, np.arange(12))
 
     def step(threads):
-        model = Model(SMALL_BEST, (14, 14, 1), seed=1)
+        model = Model(spec, (14, 14, 1), seed=1)
         with threadpool_limits(threads, user_api="blas"):
             out = model.forward(x, True, noise)
             model.backward(softmax_cross_entropy(out, labels, 12)[1])
