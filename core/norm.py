@@ -120,10 +120,10 @@ class BatchNorm(Layer):
             return self._scale_shift(rows, rows, scale, shift, p, chunks, np.empty(rows.shape, x.dtype)
                                      ).reshape(x.shape)
         # Reduce 1: per-channel sums and the sample count, in one vector.
-        per = self._buffer("per_sample", (b, 2, c), x.dtype)      # float32 sums per sample
-        run_chunks(lambda w, i, j, first: self._sample_sums(x3[i:j], per[i:j, 0]), chunks)
+        per = self._buffer("per_sample", (2, b, c), x.dtype)      # float32 sums per sample
+        run_chunks(lambda w, i, j, first: self._sample_sums(x3[i:j], per[0, i:j]), chunks)
         vec = np.empty(c + 1, np.float64)
-        vec[:c] = self._total(per[:, 0])
+        vec[:c] = self._total(per[0])
         vec[c] = b * p
         tot = np.asarray(self.reduce(vec), np.float64)
         m = tot[c]                                # global count
@@ -137,10 +137,10 @@ class BatchNorm(Layer):
 
         def centre(w, i, j, first):               # and the centred sums of squares
             np.subtract(rows[i:j], mean_rows, out=xc[i:j])
-            self._sample_dots(xc3[i:j], xc3[i:j], per[i:j, 1])
+            self._sample_dots(xc3[i:j], xc3[i:j], per[1, i:j])
         run_chunks(centre, chunks)
         # Reduce 2: centered sums of squares (two-pass variance).
-        sq = np.asarray(self.reduce(self._total(per[:, 1])), np.float64)
+        sq = np.asarray(self.reduce(self._total(per[1])), np.float64)
         var = (sq / m).astype(x.dtype)            # (C,) biased
         inv = dt(1) / np.sqrt(var + dt(self.eps))        # (C,)
         # y = gamma * xhat + beta with xhat = xc * inv: one scale per channel, and xhat is
@@ -174,19 +174,19 @@ class BatchNorm(Layer):
             return dy.copy()
         b, p, c, dz, dz3, chunks = self._prepare(dy)   # dL/d(gamma xhat + beta), in place in dy
         xc3 = self.xc.reshape(dz3.shape)
-        per = self._buffer("per_sample", (b, 2, c), dy.dtype)
+        per = self._buffer("per_sample", (2, b, c), dy.dtype)
         rows_per_chunk = chunks[0][1] - chunks[0][0] if chunks else 0   # per-worker arrays
 
         def sums(w, i, j, first):
             if self.relu:                         # the ReLU's backward: pass where y > 0
                 on = self._buffer(f"on{w}", (rows_per_chunk, p * c), np.bool_)[:j - i]
                 np.multiply(dz[i:j], np.greater(self.y[i:j], 0, out=on), out=dz[i:j])
-            self._sample_sums(dz3[i:j], per[i:j, 0])                     # sum dz
-            self._sample_dots(dz3[i:j], xc3[i:j], per[i:j, 1])           # sum dz * xc
+            self._sample_sums(dz3[i:j], per[0, i:j])                     # sum dz
+            self._sample_dots(dz3[i:j], xc3[i:j], per[1, i:j])           # sum dz * xc
         run_chunks(sums, chunks)
         local = np.empty(2 * c, np.float64)       # float64 sums, as in forward
-        local[:c] = self._total(per[:, 0])
-        local[c:] = self._total(per[:, 1]) * self.inv   # sum dz * xhat = inv * sum dz * xc
+        local[:c] = self._total(per[0])
+        local[c:] = self._total(per[1]) * self.inv   # sum dz * xhat = inv * sum dz * xc
         self.dbeta[...] = local[:c]               # local sums: the allreduce adds the rest
         self.dgamma[...] = local[c:]
         tot = np.asarray(self.reduce(local.copy()), np.float64)  # copy: a reduce may work in place
