@@ -12,9 +12,9 @@ is the fastest axis, so the packed rows are runs of contiguous channels, and the
 the GEMM is already NHWC.  Backward is two more GEMMs:
 
     dW    = cols^T @ dy        (kh*kw*Cin, B*Ho*Wo) @ (B*Ho*Wo, Cout)
-    dx, stride 1: a convolution of the padded dy with the flipped kernel (im2col + GEMM)
-    dx, stride > 1: dcols = dy @ W^T, then col2im adds each of the kh*kw window slices
-                    back into dx (a loop over kernel offsets, never over pixels)
+    dx    = a convolution of the padded dy with the flipped kernel (im2col + GEMM); for
+            stride s, one such stride-1 convolution per phase (input rows and columns
+            mod s) with the kernel taps that reach that phase (Conv2D._dx_by_phases)
 
 One input channel (the first layer, which sees the image) gets its own layout: cols
 transposed, (kh*kw + 1, B*Ho*Wo), with a row of ones that carries the bias through the GEMM
@@ -25,7 +25,8 @@ Tested by tests/test_core_gradcheck.py (strides 1 and 2, pads 0 and 1, 1 to 4 ch
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from core.layers import Layer, REQUIRED, column_sum
+from core.layers import Layer, REQUIRED, column_sum, per_channel
+from core.parallel import run_chunks
 
 
 def _windows(x, kh, kw, stride, ho, wo):
@@ -71,7 +72,6 @@ class Conv2D(Layer, _Buffers):
             "stride": (int, 1, "positive"), "pad": (int, 0, "nonnegative")}
     decay = ("W",)
     CHUNK_ELEMENTS = 2 ** 18              # floats of im2col per chunk: 1 MB, ~ the L2 cache
-    COL2IM_CHUNK_ELEMENTS = 2 ** 19       # col2im: k*k strided adds per chunk: fewer, larger (measured)
 
     def __init__(self, index, input_shape, out, kernel, stride, pad):
         super().__init__(index, input_shape)
@@ -110,12 +110,13 @@ class Conv2D(Layer, _Buffers):
         n = max(1, (elements or self.CHUNK_ELEMENTS) // (ho * wo * kdim))
         return [(i, min(i + n, b)) for i in range(0, b, n)], n
 
-    def _im2col(self, xp, i, j, ho, wo, stride, name):
-        """cols (n*ho*wo, kh*kw*C) of samples i:j of the padded xp, in a reused buffer."""
-        k, c = self.k, xp.shape[3]
-        cols = self._buffer(name, (self._chunk_n, ho, wo, k, k, c), xp.dtype)[:j - i]
-        np.copyto(cols, _windows(xp[i:j], k, k, stride, ho, wo))   # the only copy
-        return cols.reshape((j - i) * ho * wo, k * k * c)
+    def _im2col(self, xp, i, j, ho, wo, stride, name, kh=None, kw=None):
+        """cols (n*ho*wo, kh*kw*C) of samples i:j of the padded xp, in a reused buffer
+        (kernel kh x kw, default the layer's k x k)."""
+        kh, kw, c = kh or self.k, kw or self.k, xp.shape[3]
+        cols = self._buffer(name, (self._chunk_n, ho, wo, kh, kw, c), xp.dtype)[:j - i]
+        np.copyto(cols, _windows(xp[i:j], kh, kw, stride, ho, wo))   # the only copy
+        return cols.reshape((j - i) * ho * wo, kh * kw * c)
 
     def _im2col_one_channel(self, xp, name):
         """Cin = 1 (the first layer sees the image): cols transposed, with a row of ones,
@@ -139,7 +140,8 @@ class Conv2D(Layer, _Buffers):
         xp = self._pad(x, "xp" if train else "xp_eval")             # eval keeps train's xp
         if train:
             self.xp, self.x_shape = xp, x.shape                     # backward redoes im2col
-        y = np.empty((b * hw, self.out), x.dtype)                  # (B*Ho*Wo, Cout) = NHWC
+        y = (self._buffer("y", (b * hw, self.out), x.dtype) if train   # (B*Ho*Wo, Cout) = NHWC
+             else np.empty((b * hw, self.out), x.dtype))
         W2 = self.W.reshape(kdim, self.out)
         if c == 1:                                                 # the image itself
             cols_t = self._im2col_one_channel(xp, "cols_t" if train else "cols_t_eval")
@@ -148,11 +150,14 @@ class Conv2D(Layer, _Buffers):
             np.matmul(cols_t.T, w_b, out=y)                        # (N, kh*kw + 1) @ [W; b]
             return y.reshape(b, self.ho, self.wo, self.out)
         chunks, self._chunk_n = self._chunks(b, self.ho, self.wo, kdim)
-        for i, j in chunks:
-            cols = self._im2col(xp, i, j, self.ho, self.wo, self.s, "cols")
+        bias = per_channel(self.b, hw)                             # (Ho*Wo*Cout,)
+
+        def chunk(worker, i, j, first):                            # samples i:j
+            cols = self._im2col(xp, i, j, self.ho, self.wo, self.s, f"cols{worker}")
             yc = y[i * hw:j * hw]                                  # contiguous rows
             np.matmul(cols, W2, out=yc)                            # (n*Ho*Wo, Cout): the GEMM
-            yc += self.b                                           # while it is in cache
+            yc.reshape(j - i, -1)[...] += bias                     # while it is in cache
+        run_chunks(chunk, chunks)                                  # on every core (parallel.py)
         return y.reshape(b, self.ho, self.wo, self.out)
 
     def backward(self, dy):                                        # dy (B, Ho, Wo, Cout)
@@ -167,69 +172,91 @@ class Conv2D(Layer, _Buffers):
             np.matmul(cols_t, dy2, out=dw_db)                      # (K + 1, N) @ (N, Cout)
             dW[...], self.db[...] = dw_db[:kdim], dw_db[kdim]      # [dW; db]
         else:
-            part = self._buffer("dW_part", dW.shape, dW.dtype)
             chunks, self._chunk_n = self._chunks(b, ho, wo, kdim)
-            for n, (i, j) in enumerate(chunks):
-                cols = self._im2col(self.xp, i, j, ho, wo, s, "cols")  # (n*Ho*Wo, K), again
+
+            def chunk(worker, i, j, first):                        # one sum per worker
+                cols = self._im2col(self.xp, i, j, ho, wo, s, f"cols{worker}")  # again
                 # dW = sum over chunks of cols^T @ dy: (K, n*Ho*Wo) @ (n*Ho*Wo, Cout)
-                np.matmul(cols.T, dy2[i * hw:j * hw], out=dW if n == 0 else part)
-                if n:
-                    dW += part
+                total = self._buffer(f"dW_sum{worker}", dW.shape, dW.dtype)
+                part = total if first else self._buffer(f"dW_part{worker}", dW.shape, dW.dtype)
+                np.matmul(cols.T, dy2[i * hw:j * hw], out=part)
+                if not first:
+                    total += part
+            workers = run_chunks(chunk, chunks)
+            dW[...] = self._buffer("dW_sum0", dW.shape, dW.dtype)
+            for worker in range(1, workers):                       # in worker order: repeatable
+                dW += self._buffer(f"dW_sum{worker}", dW.shape, dW.dtype)
             column_sum(dy2, out=self.db)                           # (Cout,)
         if not self.need_dx:
             return None
-        if s == 1 and p <= k - 1:
-            return self._dx_transposed(dy)
-        # dcols = dy @ W^T, then col2im: window offset (i, j) of output pixel (oi, oj) is input
-        # pixel (oi*s + i - p, oj*s + j - p); windows overlap, so contributions add up.  In
-        # chunks of samples, so that each chunk's dcols is added back while it is still in the
-        # cache (the whole batch's is 59 MB for the best preset's 5x5 convolutions).
-        W2t = self.W.reshape(kdim, self.out).T                     # (Cout, K)
-        dx = np.zeros(self.x_shape, dy.dtype)                      # (B, H, W, Cin)
-        # Offsets that land in the zero padding are dropped: for each (i, j), the output rows
-        # and columns whose input pixel is inside the image. Adding into dx itself (rather than
-        # into a padded copy and returning its interior) returns a contiguous array, which the
-        # layers below read faster (measured: best's batch norm after a stride-2 conv ~1.5x).
-        row_ranges = [self._inside(i, h, ho) for i in range(k)]      # (first, last + 1) each
-        col_ranges = [self._inside(j, w, wo) for j in range(k)]
-        chunks, n = self._chunks(b, ho, wo, kdim, self.COL2IM_CHUNK_ELEMENTS)
-        dcols_buffer = self._buffer("dcols", (n * hw, kdim), dy.dtype)
-        for a, z in chunks:
-            dcols = dcols_buffer[:(z - a) * hw]
-            np.matmul(dy2[a * hw:z * hw], W2t, out=dcols)          # (n*Ho*Wo, K)
-            dcols = dcols.reshape(z - a, ho, wo, k, k, c)
-            for i, (r0, r1) in enumerate(row_ranges):
-                for j, (c0, c1) in enumerate(col_ranges):
-                    if r0 < r1 and c0 < c1:
-                        y0, x0 = r0 * s + i - p, c0 * s + j - p     # first input pixel hit
-                        dx[a:z, y0:y0 + s * (r1 - r0 - 1) + 1:s, x0:x0 + s * (c1 - c0 - 1) + 1:s, :] \
-                            += dcols[:, r0:r1, c0:c1, i, j, :]
-        return dx
+        return self._dx_by_phases(dy)
 
-    def _inside(self, i, size, out_size):
-        """Output positions o in [first, last) whose input o*s + i - p lies in [0, size)."""
-        s, p = self.s, self.p
-        first = max(0, -(-(p - i) // s))                           # ceil((p - i) / s), >= 0
-        last = min(out_size, (size - 1 + p - i) // s + 1)
-        return first, max(first, last)
+    def _phase_taps(self, a, pad):
+        """The kernel offsets i that reach input rows a, a+s, a+2s, ... (phase a), sorted so
+        that tap t reads dy row u + first + t for input row a + s*u; returns (i's, first)."""
+        s = self.s
+        taps = [i for i in range(self.k - 1, -1, -1) if (a + pad - i) % s == 0]
+        return taps, ((a + pad - taps[0]) // s if taps else 0)
 
-    def _dx_transposed(self, dy):
-        """Stride 1: dx is itself a convolution -- of dy, zero-padded by k-1-p, with the
-        kernel flipped in space and its in/out channels swapped:
-            dx[b, y, x, c] = sum_{i,j,o} dy[b, y+p-i, x+p-j, o] W[i, j, c, o].
-        Chunked im2col + GEMM as in forward, writing NHWC directly; the col2im above instead
-        does k*k strided adds whose inner loop runs over only Cin numbers (~3x slower)."""
+    def _dx_by_phases(self, dy):
+        """dL/dx as s*s stride-1 convolutions of dy, one per phase of the input.
+
+        Input row r = s*u + a (phase a = r mod s) is reached by output row o through kernel
+        row i exactly when s*o + i - p = r, i.e. for the taps i = a + p (mod s), each from
+        o = u + (a + p - i)/s.  So the rows of phase a of dx are a stride-1 correlation of
+        dy with the sub-kernel of those taps (flipped: o grows as i shrinks), and likewise
+        for columns:
+            dx[b, s*u + a, s*v + c, :] = sum_{t,w} dy[b, u + f_a + t, v + f_c + w, :] Wsub_ac[t, w]^T
+        (dy read as 0 outside the image), Wsub_ac = W[taps_a][:, taps_c], (T_a, T_c, Cin, Cout).
+        Each phase is a chunked im2col + GEMM writing its rows of dx; no window overlaps, so
+        nothing is added back (a col2im scatter of k*k strided adds whose inner loop runs over
+        only Cin numbers is ~3x slower).  For s = 1 it is the single phase: dx is the
+        correlation of dy, zero-padded by k-1-p, with the flipped kernel.  The number of
+        multiply-adds is that of the dx GEMM in im2col form: each (kernel offset, output pixel)
+        pair is used once."""
         b, h, w, c = self.x_shape
-        k, q, ho, wo = self.k, self.k - 1 - self.p, self.ho, self.wo
-        dyp = self._buffer("dyp", (b, ho + 2 * q, wo + 2 * q, self.out), dy.dtype, zero=True)
-        dyp[:, q:q + ho, q:q + wo, :] = dy                         # border stays 0
-        wf = self.W[::-1, ::-1].transpose(0, 1, 3, 2).reshape(k * k * self.out, c)  # copies
-        dx = np.empty((b * h * w, c), dy.dtype)                    # (B*H*W, Cin)
-        chunks, self._chunk_n = self._chunks(b, h, w, k * k * self.out)
-        for i, j in chunks:
-            cols = self._im2col(dyp, i, j, h, w, 1, "dcols")       # (n*H*W, kh*kw*Cout)
-            np.matmul(cols, wf, out=dx[i * h * w:j * h * w])
-        return dx.reshape(b, h, w, c)
+        s, p, ho, wo = self.s, self.p, self.ho, self.wo
+        rows = [(a,) + self._phase_taps(a, p) for a in range(min(s, h))]
+        cols = [(a,) + self._phase_taps(a, p) for a in range(min(s, w))]
+        # One zero-padded copy of dy serves every phase: enough rows before and after it
+        # for the reach of every phase's taps.
+        def reach(phases, size, out_size):
+            before = max([-first for _, taps, first in phases if taps] + [0])
+            after = max([(size - a + s - 1) // s - 1 + first + len(taps) - out_size
+                         for a, taps, first in phases if taps] + [0])
+            return before, after
+        (top, bottom), (left, right) = reach(rows, h, ho), reach(cols, w, wo)
+        dyp = self._buffer("dyp", (b, top + ho + bottom, left + wo + right, self.out), dy.dtype,
+                           zero=True)
+        dyp[:, top:top + ho, left:left + wo, :] = dy               # the border stays 0
+        dx = self._buffer("dx", self.x_shape, dy.dtype)            # reused: the layers below
+        if not all(taps for _, taps, _ in rows + cols):            # may write into it, so
+            dx[...] = 0                                            # zero it on every call
+        for a, row_taps, f_row in rows:
+            for c0, col_taps, f_col in cols:
+                if not (row_taps and col_taps):
+                    continue                                       # no tap reaches: dx stays 0
+                hu, wu = len(range(a, h, s)), len(range(c0, w, s))  # this phase's rows, columns
+                th, tw = len(row_taps), len(col_taps)
+                # (T_a, T_c, Cin, Cout) -> (T_a*T_c*Cout, Cin): in/out channels swapped
+                wsub = self.W[row_taps][:, col_taps].transpose(0, 1, 3, 2).reshape(-1, c)
+                src = dyp[:, top + f_row:, left + f_col:, :]       # window (u, v) starts at (u, v)
+                phase = dx[:, a::s, c0::s, :]                      # (B, hu, wu, Cin) view
+                kdim = th * tw * self.out
+                chunks, self._chunk_n = self._chunks(b, hu, wu, kdim)
+                shape = f"{th}x{tw}:{hu}x{wu}"                      # buffers per phase shape
+
+                def chunk(worker, i, j, first):
+                    cols = self._im2col(src, i, j, hu, wu, 1, f"dcols{worker}_{shape}", th, tw)
+                    if s == 1:                                     # the phase is all of dx
+                        np.matmul(cols, wsub, out=dx[i:j].reshape(-1, c))
+                    else:
+                        part = self._buffer(f"dx{worker}_{shape}", (self._chunk_n * hu * wu, c),
+                                            dy.dtype)[:(j - i) * hu * wu]
+                        np.matmul(cols, wsub, out=part)            # (n*hu*wu, Cin)
+                        phase[i:j] = part.reshape(j - i, hu, wu, c)
+                run_chunks(chunk, chunks)
+        return dx
 
 
 class MaxPool2D(Layer):
@@ -265,50 +292,66 @@ class MaxPool2D(Layer):
         s = self.s
         return a[:, i:i + s * (self.ho - 1) + 1:s, j:j + s * (self.wo - 1) + 1:s, :]
 
+    CHUNK_ELEMENTS = 2 ** 18              # floats of input per chunk of samples
+
+    def _sample_chunks(self, b):
+        """Chunks of samples for the cores (core/parallel.py): every window is in one sample."""
+        n = max(1, self.CHUNK_ELEMENTS // int(np.prod(self.input_shape)))
+        return [(i, min(i + n, b)) for i in range(0, b, n)]
+
     def forward(self, x, train):                                   # x (B, H, W, C)
-        y = self._offset(x, 0).copy()                              # (B, Ho, Wo, C)
-        for o in range(1, self.k * self.k):
-            np.maximum(y, self._offset(x, o), out=y)               # branch-free running max
+        y = np.empty((len(x), self.ho, self.wo, x.shape[3]), x.dtype)   # (B, Ho, Wo, C)
+
+        def chunk(worker, i, j, first):
+            np.copyto(y[i:j], self._offset(x[i:j], 0))
+            for o in range(1, self.k * self.k):
+                np.maximum(y[i:j], self._offset(x[i:j], o), out=y[i:j])   # branch-free running max
+        run_chunks(chunk, self._sample_chunks(len(x)))
         if train:
             self.x, self.y = x, y                                  # x is the previous output anyway
         return y
 
     def backward(self, dy):                                        # dy (B, Ho, Wo, C)
-        return self._backward_tiles(dy) if self.tiles else self._backward_offsets(dy)
+        dx = np.empty(self.x.shape, dy.dtype)                      # (B, H, W, C)
+        backward = self._backward_tiles if self.tiles else self._backward_offsets
+        run_chunks(lambda worker, i, j, first: backward(self.x[i:j], self.y[i:j], dy[i:j], dx[i:j]),
+                   self._sample_chunks(len(dy)))
+        return dx
 
-    def _backward_tiles(self, dy):
-        """Windows that tile x: as (B, Ho, k, Wo, k, C), every window's inputs sit on axes 2
+    def _backward_tiles(self, x, y, dy, dx):
+        """dx (n, H, W, C) from x, y, dy of n samples, for windows that tile x.
+        As (n, Ho, k, Wo, k, C), every window's inputs sit on axes 2
         and 4, and y and dy broadcast over them.  One comparison marks the maxima and one
         multiply writes dx: two passes over x, against several per window offset in
         _backward_offsets (1.4-1.9x faster at cnn's first pool).  The same result, ties
         included: where a window has several maxima, only its first keeps the gradient."""
         k = self.k
         tiles = (len(dy), self.ho, k, self.wo, k, dy.shape[3])
-        at_max = np.equal(self.x.reshape(tiles), self.y[:, :, None, :, None, :])   # bool
+        at_max = np.equal(x.reshape(tiles), y[:, :, None, :, None, :])   # bool
         # Each window has at least one maximum, so more marks than windows means a tie.
         # (Rare in float data, common after a ReLU: windows of zeros.  A NaN window marks
         # nothing; NaNs stop training at the update's finiteness check anyway.)
-        if np.count_nonzero(at_max) != self.y.size:
-            taken = np.zeros(self.y.shape, bool)                   # window already served
+        if np.count_nonzero(at_max) != y.size:
+            taken = np.zeros(y.shape, bool)                        # window already served
             for i in range(k):
                 for j in range(k):
                     first = at_max[:, :, i, :, j, :]               # (B, Ho, Wo, C) view
                     np.greater(first, taken, out=first)            # first & ~taken
                     taken |= first
-        dx = np.empty(self.x.shape, dy.dtype)                      # (B, H, W, C)
         np.multiply(at_max, dy[:, :, None, :, None, :], out=dx.reshape(tiles))
-        return dx
 
-    def _backward_offsets(self, dy):
-        # Route dy to the first offset whose input equals the max.  Recomputing this mask
-        # is cheaper than tracking an argmax with masked writes, which branch per element.
+    def _backward_offsets(self, x, y, dy, dx):
+        """dx (n, H, W, C) from x, y, dy of n samples, for any windows.
+        Route dy to the first offset whose input equals the max.  Recomputing this mask
+        is cheaper than tracking an argmax with masked writes, which branch per element."""
         k2, disjoint = self.k * self.k, self.s >= self.k
-        covered = disjoint and self.ho * self.k == self.x.shape[1] and self.wo * self.k == self.x.shape[2]
-        dx = (np.empty if covered else np.zeros)(self.x.shape, dy.dtype)   # (B, H, W, C)
-        taken = np.zeros(self.y.shape, bool)                       # window already served
-        first = np.empty(self.y.shape, bool)
+        covered = disjoint and self.ho * self.k == x.shape[1] and self.wo * self.k == x.shape[2]
+        if not covered:
+            dx[...] = 0                                            # (n, H, W, C)
+        taken = np.zeros(y.shape, bool)                            # window already served
+        first = np.empty(y.shape, bool)
         for o in range(k2):
-            np.equal(self._offset(self.x, o), self.y, out=first)
+            np.equal(self._offset(x, o), y, out=first)
             np.greater(first, taken, out=first)                    # first & ~taken
             if o < k2 - 1:
                 taken |= first
@@ -317,4 +360,3 @@ class MaxPool2D(Layer):
                 np.multiply(dy, first, out=dxo)
             else:                                                  # overlapping: accumulate
                 dxo += dy * first
-        return dx

@@ -64,6 +64,12 @@ class Model:
                 layer.bind_state(name, self.state[s:s + n].reshape(shape))
                 s += n
 
+        # A ReLU right after a BatchNorm is applied by the BatchNorm, in the pass that writes
+        # its output (core/norm.py); the ReLU layer then passes everything through.
+        for layer, after in zip(self.layers, self.layers[1:]):
+            if isinstance(layer, BatchNorm) and after.type_name == "relu":
+                layer.relu = after.done_before = True
+
         # Backward stops at the first layer with parameters: nobody needs dL/dimage.
         with_params = [i for i, l in enumerate(self.layers) if l.param_shapes]
         self._first_param = with_params[0] if with_params else len(self.layers)

@@ -19,13 +19,22 @@ while dgamma = sum(dy*xhat) and dbeta = sum(dy) are written as the LOCAL sums: t
 grad vector is summed over ranks by the training loop's allreduce like every other grad.
 A rank with zero local samples still takes part in every reduce (and so does not hang).
 
+A ReLU right after the BatchNorm (the usual conv -> batchnorm -> relu) is applied here, in
+the pass that writes y, when the Model sets `relu = True` (it then turns that ReLU layer into
+a pass-through, see core/model.py): y = max(gamma * xhat + beta, 0), and backward first
+zeroes dy where y = 0.  That saves the ReLU's own passes over memory; forward also keeps
+only the centred x - mean (xhat = (x - mean) * inv is never written out) and reuses its
+arrays from step to step.  Elementwise layers on (128, 26, 26, 32) floats are bound by
+memory traffic, so passes, not arithmetic, are what cost here.
+
 Running stats (eval mode) follow the global batch: r = (1 - momentum) r + momentum * stat,
 with the unbiased variance (m / (m - 1)), as in PyTorch.
 Tested by tests/test_core_batchnorm_reduce.py and tests/test_core_gradcheck.py.
 """
 import numpy as np
 
-from core.layers import Layer
+from core.layers import Layer, per_channel
+from core.parallel import run_chunks
 
 
 def identity_reduce(a):
@@ -46,99 +55,154 @@ class BatchNorm(Layer):
         self.param_shapes = {"gamma": (c,), "beta": (c,)}
         self.state_shapes = {"running_mean": (c,), "running_var": (c,)}
         self.reduce = identity_reduce
+        self.relu = False                         # True: also applies the ReLU that follows
 
     def flops(self, input_shape):
         return 2 * int(np.prod(input_shape))   # scale and shift (normalization folded in)
 
-    def _sums(self, a):
-        """float64 (C,) per-channel sums of a (B, ..., C): float32 sums within each sample
-        (a batched GEMV with a ones vector over its H*W positions; BLAS, fast), then float64
-        across samples.  Float64 accumulators keep the rounding far below float32's, and a
-        sample's own sum does not depend on which rank holds it, so a batch split over 4
-        ranks gets the same float32 statistics as the whole batch in one process (world-size
-        invariance) -- at ~4x the speed of one float64 reduction over all B*H*W rows."""
-        p = int(np.prod(a.shape[1:-1]))                          # positions per sample
-        per_sample = a.reshape(len(a), p, a.shape[-1])            # (B, P, C), P = H*W or 1
-        if per_sample.shape[1] > 1:
-            ones = self.__dict__.get("_ones")
-            if ones is None or ones.shape[0] != per_sample.shape[1] or ones.dtype != a.dtype:
-                ones = self._ones = np.ones(per_sample.shape[1], a.dtype)
-            per_sample = np.matmul(ones, per_sample)               # (B, C)
-        return np.sum(per_sample.reshape(-1, a.shape[-1]), axis=0, dtype=np.float64)
+    CHUNK_ELEMENTS = 2 ** 18                      # floats per chunk of samples (1 MB)
 
-    def _sums_of_products(self, a, b):
-        """float64 (C,) per-channel sums of a * b, both (B, ..., C), with the same per-sample
-        split as ``_sums``. einsum multiplies and adds in one pass without writing the product
-        out: 1.4-1.8x faster than a product array plus ``_sums`` at (128, 26, 26, 32)."""
-        p = int(np.prod(a.shape[1:-1]))
-        a3, b3 = a.reshape(len(a), p, a.shape[-1]), b.reshape(len(b), p, b.shape[-1])
-        per_sample = np.einsum("npc,npc->nc", a3, b3)              # (B, C) float32
+    def _sample_sums(self, a3, out):
+        """out (n, C) = float32 per-sample sums of a3 (n, P, C) over its P = H*W positions: a
+        batched GEMV with a ones vector (BLAS, fast).  The statistics then add these in
+        float64 across samples (`_total`): float64 accumulators keep the rounding far below
+        float32's, and a sample's own sum does not depend on which rank holds it, so a batch
+        split over 4 ranks gets the same float32 statistics as the whole batch in one
+        process (world-size invariance) -- at ~4x the speed of one float64 reduction over all
+        B*H*W rows."""
+        if a3.shape[1] == 1:
+            out[...] = a3[:, 0]
+        else:
+            np.matmul(self._ones, a3, out=out)
+
+    @staticmethod
+    def _sample_dots(a3, b3, out):
+        """out (n, C) = float32 per-sample sums of a3 * b3 (n, P, C), as `_sample_sums`.
+        einsum multiplies and adds in one pass without writing the product out: 1.4-1.8x
+        faster than a product array plus a sum at (128, 26, 26, 32)."""
+        np.einsum("npc,npc->nc", a3, b3, out=out)
+
+    @staticmethod
+    def _total(per_sample):
+        """float64 (C,) sum over samples of per-sample float32 sums (B, C)."""
         return np.sum(per_sample, axis=0, dtype=np.float64)
 
-    def _scratch(self, shape, dtype):
-        """A (N, C) work array reused from step to step (backward's xhat * sum)."""
-        buf = self.__dict__.get("_tmp")
+    def _buffer(self, name, shape, dtype):
+        """A work array reused from step to step: fresh arrays of this size cost page faults
+        on every step, which on these machines take longer than the arithmetic."""
+        buf = self.__dict__.get("_buf_" + name)
         if buf is None or buf.shape != shape or buf.dtype != dtype:
-            buf = self._tmp = np.empty(shape, dtype)
+            buf = np.empty(shape, dtype)
+            self.__dict__["_buf_" + name] = buf
         return buf
 
+    def _prepare(self, a):
+        """Shapes of a (B, ..., C) for the passes below: B, P, C, the samples as rows
+        (B, P*C), as (B, P, C), and the chunks of samples that go to the workers."""
+        b, c = len(a), a.shape[-1]
+        p = a.size // max(b * c, 1)               # positions per sample: H*W, or 1
+        ones = getattr(self, "_ones", None)
+        if p > 1 and (ones is None or ones.shape != (p,) or ones.dtype != a.dtype):
+            self._ones = np.ones(p, a.dtype)
+        n = max(1, self.CHUNK_ELEMENTS // max(p * c, 1))
+        chunks = [(i, min(i + n, b)) for i in range(0, b, n)]
+        return b, p, c, a.reshape(b, p * c), a.reshape(b, p, c), chunks
+
+    # Every pass below runs over chunks of samples on all of the process's cores
+    # (core/parallel.py); each is elementwise within a sample or a per-sample sum.
     def forward(self, x, train):
-        c = x.shape[-1]
+        b, p, c, rows, x3, chunks = self._prepare(x)   # rows (B, P*C), x3 (B, P, C)
         dt = x.dtype.type
         if not train:
             # Fold running stats into one scale and shift per channel.
             scale = self.gamma / np.sqrt(self.running_var + dt(self.eps))   # (C,)
             shift = self.beta - self.running_mean * scale
-            y = x * scale                         # broadcasts over the last axis
-            y += shift
-            return y
-        xs = x.reshape(-1, c)                     # (N, C), N = local B or B*H*W
+            return self._scale_shift(rows, rows, scale, shift, p, chunks, np.empty(rows.shape, x.dtype)
+                                     ).reshape(x.shape)
         # Reduce 1: per-channel sums and the sample count, in one vector.
+        per = self._buffer("per_sample", (2, b, c), x.dtype)      # float32 sums per sample
+        run_chunks(lambda w, i, j, first: self._sample_sums(x3[i:j], per[0, i:j]), chunks)
         vec = np.empty(c + 1, np.float64)
-        vec[:c] = self._sums(x)
-        vec[c] = xs.shape[0]
+        vec[:c] = self._total(per[0])
+        vec[c] = b * p
         tot = np.asarray(self.reduce(vec), np.float64)
         m = tot[c]                                # global count
         if m == 0:                                # no sample on any rank: nothing to do
-            self.xhat = None
+            self.xc = None
             return x.copy()
         mean = (tot[:c] / m).astype(x.dtype)      # (C,)
-        xhat = np.subtract(xs, mean)              # (N, C): centred now, normalized below
+        xc = self._buffer("xc", rows.shape, x.dtype)             # x - mean, (B, P*C)
+        xc3 = xc.reshape(x3.shape)
+        mean_rows = per_channel(mean, p)
+
+        def centre(w, i, j, first):               # and the centred sums of squares
+            np.subtract(rows[i:j], mean_rows, out=xc[i:j])
+            self._sample_dots(xc3[i:j], xc3[i:j], per[1, i:j])
+        run_chunks(centre, chunks)
         # Reduce 2: centered sums of squares (two-pass variance).
-        sq = np.asarray(self.reduce(self._sums_of_products(xhat.reshape(x.shape),
-                                                           xhat.reshape(x.shape))), np.float64)
+        sq = np.asarray(self.reduce(self._total(per[1])), np.float64)
         var = (sq / m).astype(x.dtype)            # (C,) biased
         inv = dt(1) / np.sqrt(var + dt(self.eps))        # (C,)
-        xhat *= inv
-        y = xhat * self.gamma
-        y += self.beta
+        # y = gamma * xhat + beta with xhat = xc * inv: one scale per channel, and xhat is
+        # never written out (backward works from xc and inv).
+        y = self._scale_shift(rows, xc, self.gamma * inv, self.beta, p, chunks,
+                              self._buffer("y", rows.shape, x.dtype))
         mom = dt(self.momentum)
         self.running_mean *= dt(1) - mom
         self.running_mean += mom * mean
         self.running_var *= dt(1) - mom
         self.running_var += mom * (var * (m / (m - 1)) if m > 1 else var)
-        self.xhat, self.inv, self.m = xhat, inv, m
+        self.xc, self.inv, self.m, self.y = xc, inv, m, y
         return y.reshape(x.shape)
 
+    def _scale_shift(self, rows, a, scale, shift, p, chunks, out):
+        """out = a * scale + shift per channel (rows (B, P*C)), then the ReLU if fused."""
+        scale_rows, shift_rows = per_channel(scale, p), per_channel(shift, p)
+
+        def chunk(w, i, j, first):
+            yc = np.multiply(a[i:j], scale_rows, out=out[i:j])
+            yc += shift_rows
+            if self.relu:                         # the ReLU after us, while y is at hand
+                np.maximum(yc, 0, out=yc)
+        run_chunks(chunk, chunks)
+        return out
+
     def backward(self, dy):
-        if self.xhat is None:                     # empty global batch
+        if self.xc is None:                       # empty global batch
             self.dgamma[...] = 0
             self.dbeta[...] = 0
             return dy.copy()
-        c = dy.shape[-1]
-        dys = dy.reshape(-1, c)                   # (N, C)
+        b, p, c, dz, dz3, chunks = self._prepare(dy)   # dL/d(gamma xhat + beta), in place in dy
+        xc3 = self.xc.reshape(dz3.shape)
+        per = self._buffer("per_sample", (2, b, c), dy.dtype)
+        rows_per_chunk = chunks[0][1] - chunks[0][0] if chunks else 0   # per-worker arrays
+
+        def sums(w, i, j, first):
+            if self.relu:                         # the ReLU's backward: pass where y > 0
+                on = self._buffer(f"on{w}", (rows_per_chunk, p * c), np.bool_)[:j - i]
+                np.multiply(dz[i:j], np.greater(self.y[i:j], 0, out=on), out=dz[i:j])
+            self._sample_sums(dz3[i:j], per[0, i:j])                     # sum dz
+            self._sample_dots(dz3[i:j], xc3[i:j], per[1, i:j])           # sum dz * xc
+        run_chunks(sums, chunks)
         local = np.empty(2 * c, np.float64)       # float64 sums, as in forward
-        local[:c] = self._sums(dy)
-        local[c:] = self._sums_of_products(dy, self.xhat.reshape(dy.shape))   # sum dy * xhat
+        local[:c] = self._total(per[0])
+        local[c:] = self._total(per[1]) * self.inv   # sum dz * xhat = inv * sum dz * xc
         self.dbeta[...] = local[:c]               # local sums: the allreduce adds the rest
         self.dgamma[...] = local[c:]
         tot = np.asarray(self.reduce(local.copy()), np.float64)  # copy: a reduce may work in place
         m = self.m
-        # dx = gamma * inv * (dy - sum(dy)/m - xhat * sum(dy*xhat)/m), in place in dy
-        dx = dys
-        dx -= (tot[:c] / m).astype(dy.dtype)
-        prod = self._scratch(dys.shape, dy.dtype)
-        np.multiply(self.xhat, (tot[c:] / m).astype(dy.dtype), out=prod)
-        dx -= prod
-        dx *= self.gamma * self.inv
-        return dx.reshape(dy.shape)
+        # dx = gamma * inv * (dz - sum(dz)/m - xhat * sum(dz*xhat)/m), in place in dz, as
+        #    = (dz - sum(dz)/m) * scale - xc * (scale * inv * sum(dz*xhat)/m)
+        scale = self.gamma * self.inv             # (C,)
+        mean_rows = per_channel(tot[:c] / m, p, dy.dtype)
+        scale_rows = per_channel(scale, p)
+        xc_rows = per_channel(scale * self.inv * (tot[c:] / m), p, dy.dtype)
+
+        def gradient(w, i, j, first):
+            dx = dz[i:j]
+            dx -= mean_rows
+            dx *= scale_rows
+            prod = self._buffer(f"prod{w}", (rows_per_chunk, p * c), dy.dtype)[:j - i]
+            dx -= np.multiply(self.xc[i:j], xc_rows, out=prod)
+        run_chunks(gradient, chunks)
+        return dz.reshape(dy.shape)

@@ -168,7 +168,9 @@ def test_tiled_maxpool_backward_equals_the_offset_loop(ties):
     assert layer.tiles
     layer.forward(x, True)
     dy = rng.standard_normal((4, 4, 3, 3)).astype(np.float32)
-    tiled, looped = layer._backward_tiles(dy), layer._backward_offsets(dy)
+    tiled, looped = np.empty_like(x), np.empty_like(x)
+    layer._backward_tiles(layer.x, layer.y, dy, tiled)
+    layer._backward_offsets(layer.x, layer.y, dy, looped)
     assert np.array_equal(tiled, looped)
     windows = tiled.reshape(4, 4, 2, 3, 2, 3)
     assert np.array_equal(windows.sum(axis=(2, 4)), dy)  # each window's dy goes to one input
