@@ -52,6 +52,8 @@ class DataConfig:
     max_shift: float = _f(2.0, "augmentation: largest shift in pixels")
     max_rotate: float = _f(10.0, "augmentation: largest rotation in degrees")
     max_scale: float = _f(0.1, "augmentation: largest relative change of size")
+    elastic_alpha: float = _f(0.0, "augmentation: elastic distortion strength in pixels (0 = off)")
+    elastic_sigma: float = _f(0.0, "augmentation: elastic smoothing width in pixels")
 
 
 @dataclass
@@ -247,6 +249,14 @@ def validate(cfg: Config) -> None:
     need(0 <= d.max_shift <= 10, "data.max_shift", d.max_shift, "must be in 0..10 pixels")
     need(0 <= d.max_rotate <= 180, "data.max_rotate", d.max_rotate, "must be in 0..180 degrees")
     need(0 <= d.max_scale < 1, "data.max_scale", d.max_scale, "must be in [0, 1)")
+    need(0 <= d.elastic_alpha <= 100, "data.elastic_alpha", d.elastic_alpha,
+         "must be in 0..100 pixels (0 = no elastic distortion)")
+    need(0 <= d.elastic_sigma <= 20, "data.elastic_sigma", d.elastic_sigma,
+         "must be in 0..20 pixels")
+    need(d.elastic_alpha == 0 or d.elastic_sigma >= 0.5, "data.elastic_sigma", d.elastic_sigma,
+         "must be at least 0.5 pixels when data.elastic_alpha > 0 (narrower is pixel noise)")
+    need(d.elastic_alpha == 0 or d.augment, "data.elastic_alpha", d.elastic_alpha,
+         "needs data.augment = true (elastic distortion is part of augmentation)")
     need(math.isfinite(o.lr) and o.lr > 0, "optim.lr", o.lr, "must be a positive number")
     need(0 <= o.momentum < 1, "optim.momentum", o.momentum, "must be in [0, 1)")
     need(not o.nesterov or o.momentum > 0, "optim.nesterov", o.nesterov, "needs momentum > 0")
