@@ -22,6 +22,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.schedules import KINDS as SCHEDULE_KINDS
 from core.spec import build_layers, memory_per_layer
 from dist.errors import ExpectedError
 
@@ -62,15 +63,18 @@ class OptimConfig:
     momentum: float = _f(0.9, "momentum coefficient in [0, 1)")
     nesterov: bool = _f(False, "Nesterov momentum instead of heavy-ball")
     weight_decay: float = _f(0.0, "L2 weight decay on weights (not biases / batch-norm)")
+    ema_decay: float = _f(0.0, "moving average of the weights, e.g. 0.999; the average is the "
+                               "model (0 = off; core/ema.py)")
 
 
 @dataclass
 class ScheduleConfig:
-    kind: str = _f("cosine", "'constant', 'step' or 'cosine'")
+    kind: str = _f("cosine", "'constant', 'step', 'cosine' or 'cyclic' (cosine restarts)")
     warmup_epochs: float = _f(0.0, "linear warmup length in epochs")
     step_epochs: int = _f(0, "'step': multiply lr by gamma every this many epochs")
     gamma: float = _f(0.1, "'step': decay factor")
-    min_lr: float = _f(0.0, "'cosine': final learning rate")
+    min_lr: float = _f(0.0, "'cosine', 'cyclic': lowest learning rate")
+    cycles: int = _f(1, "'cyclic': cosine cycles over the run, a snapshot at each end")
 
 
 @dataclass
@@ -81,6 +85,8 @@ class TrainConfig:
     steps_per_epoch: int = _f(0, "cap on steps per epoch (0 = the whole epoch)")
     patience: int = _f(0, "early stopping: epochs without validation gain (0 = off)")
     eval_test_every: int = _f(1, "evaluate the test set every k epochs (and at the end)")
+    report_test: bool = _f(True, "evaluate the test set at all (false: validation only, "
+                                 "for runs that decide something)")
 
 
 @dataclass
@@ -261,8 +267,15 @@ def validate(cfg: Config) -> None:
     need(0 <= o.momentum < 1, "optim.momentum", o.momentum, "must be in [0, 1)")
     need(not o.nesterov or o.momentum > 0, "optim.nesterov", o.nesterov, "needs momentum > 0")
     need(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
-    need(s.kind in ("constant", "step", "cosine"), "schedule.kind", s.kind,
-         "must be 'constant', 'step' or 'cosine'")
+    need(o.ema_decay == 0 or 0.5 <= o.ema_decay < 1, "optim.ema_decay", o.ema_decay,
+         "must be 0 (off) or in [0.5, 1)")
+    need(s.kind in SCHEDULE_KINDS, "schedule.kind", s.kind,
+         "must be " + ", ".join(map(repr, SCHEDULE_KINDS)))
+    need(s.cycles >= 1, "schedule.cycles", s.cycles, "must be >= 1")
+    need(s.kind == "cyclic" or s.cycles == 1, "schedule.cycles", s.cycles,
+         "needs schedule.kind = 'cyclic'")
+    need(t.epochs % s.cycles == 0, "schedule.cycles", s.cycles,
+         f"must divide train.epochs={t.epochs} (a snapshot at the end of each cycle's last epoch)")
     need(s.warmup_epochs >= 0, "schedule.warmup_epochs", s.warmup_epochs, "must be >= 0")
     need(s.kind != "step" or s.step_epochs > 0, "schedule.step_epochs", s.step_epochs,
          "must be > 0 when schedule.kind = 'step'")
