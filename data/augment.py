@@ -23,7 +23,8 @@ warped image", in one resampling pass instead of two (one interpolation blurs le
 Its uniforms come from the same per-sample keys as the affine parameters, on a stream of their
 own (ELASTIC_STREAM), so the distortion is world-size invariant too.
 
-    python -m data.augment            # prints how much augmentation changes pixel statistics
+    python -m data.augment            # prints how much augmentation changes pixel statistics,
+                                      # and times affine against affine + elastic (A/B)
 Tested by tests/test_data_augment.py.
 """
 from __future__ import annotations
@@ -106,6 +107,28 @@ def bilinear(images: np.ndarray, src_y: np.ndarray, src_x: np.ndarray) -> np.nda
     return resample.to_uint8(resample.bilinear(images, src_y, src_x))
 
 
+def _time_elastic(repeats: int = 30, rounds: int = 5) -> None:
+    """Interleaved A/B: the same batch warped by the affine map alone and by affine + elastic,
+    alternating, best of `rounds` per batch size (this machine is shared: the minimum is the
+    least disturbed)."""
+    import time
+    from core.keyed_random import sample_keys
+    rng = np.random.default_rng(1)
+    for b in (64, 128):       # a rank's share at mpirun -n 2, and the whole global batch
+        imgs = rng.integers(0, 256, size=(b, 28, 28)).astype(np.uint8)
+        keys = sample_keys(0, 0, np.arange(b))
+        best = {"affine": np.inf, "elastic": np.inf}
+        for _ in range(rounds):
+            for name, elastic in (("affine", (0.0, 0.0)), ("elastic", (34.0, 4.0))):
+                t = time.perf_counter()
+                for _ in range(repeats):
+                    random_affine(imgs, keys, 2.0, 10.0, 0.1, *elastic)
+                best[name] = min(best[name], (time.perf_counter() - t) / repeats)
+        print(f"batch {b}: affine {1e3 * best['affine']:.2f} ms, affine + elastic "
+              f"{1e3 * best['elastic']:.2f} ms (+{1e3 * (best['elastic'] - best['affine']):.2f} "
+              f"ms, {best['elastic'] / best['affine']:.2f}x)")
+
+
 if __name__ == "__main__":
     from core.keyed_random import sample_keys
     rng = np.random.default_rng(0)
@@ -116,3 +139,4 @@ if __name__ == "__main__":
         out = random_affine(imgs, keys, 2.0, 10.0, 0.1, *elastic)
         print(f"{name}: mean {imgs.mean():.2f} -> {out.mean():.2f}, std {imgs.std():.2f} -> "
               f"{out.std():.2f}, changed pixels {np.mean(imgs != out):.1%}")
+    _time_elastic()

@@ -93,6 +93,14 @@ def checkpoint_name(epoch: int, step: int) -> str:
     return f"ckpt-e{epoch:03d}-s{step:05d}.h5"
 
 
+SNAPSHOT_GLOB = "snapshot-c*.h5"
+
+
+def snapshot_name(cycle: int) -> str:
+    """The model file a cyclic schedule's run writes at the end of cycle `cycle` (1-based)."""
+    return f"snapshot-c{cycle:02d}.h5"
+
+
 def _fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -384,12 +392,17 @@ def export_model(source: str | Path, out: str | Path) -> Checkpoint:
         raise ExpectedError(f"{out}: is the checkpoint being exported; choose another name")
     if not out.parent.is_dir():
         raise ExpectedError(f"{out}: folder {out.parent} does not exist")
-    theta, state = model_weights(ckpt)
-    model = dataclasses.replace(ckpt, path=out, theta=theta, state=state, velocity=None,
-                                ema_theta=None, ema_state=None, kind=MODEL,
-                                source=ckpt.source or str(src))
+    model = as_model(ckpt, out, ckpt.source or str(src))
     save_checkpoint(out, model)
     return model
+
+
+def as_model(ckpt: Checkpoint, path: Path, source: str) -> Checkpoint:
+    """The model file of a checkpoint (to save at `path`): the model's weights as /theta and
+    /state, everything else about the run kept, no optimizer state."""
+    theta, state = model_weights(ckpt)
+    return dataclasses.replace(ckpt, path=Path(path), theta=theta, state=state, velocity=None,
+                               ema_theta=None, ema_state=None, kind=MODEL, source=source)
 
 
 def normalized(spec: list) -> list:
