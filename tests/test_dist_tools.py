@@ -123,6 +123,9 @@ def test_ensemble_of_two_presets_trains_each_member_with_its_own(mnist_h5, tmp_p
     ("0", [], "--members 0: must be >= 1"),
     ("cnn:1,mlp:1", ["--preset", "cnn"], "--preset cnn: with --members cnn:1,mlp:1 the presets are named in --members"),
     ("cnn:1,nosuch:1", [], "--preset nosuch: no such preset"),
+    ("2", ["--snapshots"], "--snapshots: preset 'cnn' has schedule.kind='cosine'; snapshots "
+                           "come from --set schedule.kind=cyclic"),
+    ("2", ["--snapshots", "-1"], "--snapshots -1: must be >= 0"),
 ])
 def test_ensemble_refuses_bad_members_in_one_line(tmp_path, members, extra, message):
     out = run_job(2, ["--members", members, "--name", "bad", *extra,
