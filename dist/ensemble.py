@@ -119,8 +119,10 @@ def member_state(folder: Path) -> str:
 
 
 # Settings that do not change the weights a member ends with: where it runs and writes, how
-# often it reports, where the data file lives; and its seed, which is checked on its own.
-NOT_SHAPING = ("run.", "data.path", "data.source", "train.eval_test_every", "train.seed")
+# often and whether it reports the test set, where the data file lives; and its seed, which is
+# checked on its own.
+NOT_SHAPING = ("run.", "data.path", "data.source", "train.eval_test_every", "train.report_test",
+               "train.seed")
 
 
 def _flatten(table: dict, prefix: str = "") -> dict:
