@@ -309,7 +309,7 @@ class RootWork:
         """A cyclic schedule's member for snapshot ensembles: the model at the end of each
         cycle, as a model file (dist.ensemble --snapshots)."""
         s = self.cfg.schedule
-        per_cycle = self.cfg.train.epochs // s.cycles
+        per_cycle = max(self.cfg.train.epochs // s.cycles, 1)   # --debug cuts the epochs
         if s.kind == "cyclic" and epoch % per_cycle == 0:
             path = self.run_dir / ck.snapshot_name(epoch // per_cycle)
             ck.save_checkpoint(path, ck.as_model(state, path, source=str(state.path)))
