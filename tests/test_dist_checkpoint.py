@@ -9,6 +9,7 @@ import json
 import h5py
 import numpy as np
 import pytest
+from PIL import Image
 
 from core.model import Model
 from data.hdf5 import open_mnist, read_arrays
@@ -100,6 +101,11 @@ def test_an_exported_model_predicts_exactly_as_its_checkpoint(tmp_path, mnist_h5
     assert figures[0]["acc"] == figures[1]["acc"] and figures[0]["loss"] == figures[1]["loss"]
     described = run_job(1, [str(tmp_path / "model.h5")], module="dist.checkpoint")
     assert "model file exported from" in described.stdout
+    # launch.predict too: the same probabilities for a digit saved as a picture.
+    Image.fromarray(images[0]).save(tmp_path / "digit.png")
+    lines = [run_job(1, [str(p), str(tmp_path / "digit.png"), "--json"],
+                     module="launch/predict.py").stdout for p in (tmp_path / "model.h5", run)]
+    assert lines[0] == lines[1] and '"proba"' in lines[0]
 
 
 def test_a_model_file_cannot_be_resumed_or_overwrite_its_source(tmp_path):
