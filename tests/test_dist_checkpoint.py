@@ -16,7 +16,9 @@ from data.hdf5 import open_mnist, read_arrays
 from dist import checkpoint as ck
 from dist.errors import ExpectedError
 from dist.config import load_config
+from dist import evaluate
 from dist.evaluate import model_from_checkpoint, predict_scores
+from launch import predict
 from tests.dist_helpers import SMALL_LAYERS, error_lines, run_job
 
 
@@ -73,7 +75,7 @@ def test_half_an_average_or_a_wrong_size_is_refused(tmp_path):
         ck.load_checkpoint(tmp_path / "b.h5")
 
 
-def test_an_exported_model_predicts_exactly_as_its_checkpoint(tmp_path, mnist_h5):
+def test_an_exported_model_predicts_exactly_as_its_checkpoint(tmp_path, mnist_h5, capsys):
     fingerprint = open_mnist(mnist_h5).fingerprint
     run = tmp_path / "run"
     run.mkdir()
@@ -94,17 +96,21 @@ def test_an_exported_model_predicts_exactly_as_its_checkpoint(tmp_path, mnist_h5
     # Smaller than the training checkpoint: no velocity, no second copy of the weights.
     assert (tmp_path / "model.h5").stat().st_size < 0.45 * (run / "best.h5").stat().st_size
 
-    # dist.evaluate reads it like a checkpoint, and gives the checkpoint's figures.
-    figures = [json.loads(run_job(1, [str(p), "--json", "--data", str(mnist_h5)],
-                                  module="dist.evaluate").stdout)
-               for p in (tmp_path / "model.h5", run / "best.h5")]
+    # dist.evaluate reads it like a checkpoint, and gives the checkpoint's figures; so does
+    # launch.predict, for a digit saved as a picture. (In process: the export above ran the
+    # command line already.)
+    figures = []
+    for path in (tmp_path / "model.h5", run / "best.h5"):
+        assert evaluate.main([str(path), "--json", "--data", str(mnist_h5)]) == 0
+        figures.append(json.loads(capsys.readouterr().out))
     assert figures[0]["acc"] == figures[1]["acc"] and figures[0]["loss"] == figures[1]["loss"]
-    described = run_job(1, [str(tmp_path / "model.h5")], module="dist.checkpoint")
-    assert "model file exported from" in described.stdout
-    # launch.predict too: the same probabilities for a digit saved as a picture.
+    assert ck._main([str(tmp_path / "model.h5")]) == 0
+    assert "model file exported from" in capsys.readouterr().out
     Image.fromarray(images[0]).save(tmp_path / "digit.png")
-    lines = [run_job(1, [str(p), str(tmp_path / "digit.png"), "--json"],
-                     module="launch/predict.py").stdout for p in (tmp_path / "model.h5", run)]
+    lines = []
+    for path in (tmp_path / "model.h5", run):
+        assert predict.main([str(path), str(tmp_path / "digit.png"), "--json"]) == 0
+        lines.append(capsys.readouterr().out)
     assert lines[0] == lines[1] and '"proba"' in lines[0]
 
 
