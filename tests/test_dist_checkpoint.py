@@ -35,7 +35,8 @@ def small_checkpoint(path, fingerprint="f" * 64, ema=True, seed=0):
     ckpt = ck.Checkpoint(path, model.theta.copy(), model.state.copy(),
                          rng.standard_normal(model.theta.size, dtype=np.float32), 3, 0, 120,
                          0.97, 2, 1, cfg.to_dict(), model.spec, fingerprint, 2,
-                         ema_theta if ema else None, ema_state if ema else None)
+                         ema_theta=ema_theta if ema else None,
+                         ema_state=ema_state if ema else None)
     ck.save_checkpoint(path, ckpt)
     return ckpt
 
