@@ -16,8 +16,9 @@ The loss divides by the *global* batch size, so the summed gradient is the singl
 order -- the samples, augmentations and dropout masks are identical, the parameters after a
 step agree to ~1e-8, but the rounding differences grow, and once a ReLU or max-pool decision
 flips the runs go separate ways (measured on cnn: 1e-6 after ~10 steps, 5-7% of the norm of
-theta after 60; final accuracies within 0.1%). The same rank count repeats bit for bit. Rank 0 evaluates, logs and writes the checkpoints (``dist.rundir``); the other ranks
-wait for it without spinning a core. SIGTERM, SIGINT or SIGUSR1 stops the job at the next step
+theta after 60; final accuracies within 0.1%). The same rank count repeats bit for bit.
+Rank 0 evaluates, logs and writes the checkpoints (``dist.rundir``); the other ranks wait for
+it without spinning a core. SIGTERM, SIGINT or SIGUSR1 stops the job at the next step
 with a checkpoint of it (``dist.stop``; exit status 128 + the signal).
 """
 from __future__ import annotations
@@ -391,8 +392,26 @@ def headline(comm: Comm, cfg, model: Model, threads: int, steps: int, update, ru
                             if progress.global_step else ""))
 
 
-def main(comm: Comm, argv=None) -> int:
-    args = parse_args(argv)
+@dataclass
+class Run:
+    """What the loop works with; ``setup`` builds it the same way on every rank."""
+    cfg: object
+    model: Model
+    opt: SGD
+    lr_at: object
+    update: object
+    ema: object
+    root: RootWork
+    progress: Progress
+    run_dir: Path
+    data_path: str
+    steps: int
+    threads: int
+    graceful: GracefulStop
+
+
+def setup(comm: Comm, args) -> Run:
+    """Config, model, data, optimizer, update, and where to start: fresh or a checkpoint."""
     start_time, graceful = time.perf_counter(), GracefulStop(comm)
     cfg, resume = configure(comm, args)
     threads = cfg.run.threads or comm.cores_per_rank
@@ -405,17 +424,26 @@ def main(comm: Comm, argv=None) -> int:
     data_path, fingerprint, steps = open_data(comm, cfg)
     opt, lr_at = comm.collectively(build_optimizer, cfg, model, steps)
     update = build_update(cfg, comm, model, opt)
-    loss_fn, batch = LOSSES[cfg.model.loss], cfg.train.batch_size
     progress, run_dir = start(comm, cfg, model, opt, resume, fingerprint)
     ema = make_ema(cfg, model, resume)
     root = RootWork(comm, cfg, model, opt, ema, run_dir, data_path, fingerprint, start_time)
     if comm.is_root:
         print(headline(comm, cfg, model, threads, steps, update, run_dir, progress), flush=True)
+    return Run(cfg, model, opt, lr_at, update, ema, root, progress, run_dir, data_path, steps,
+               threads, graceful)
+
+
+def main(comm: Comm, argv=None) -> int:
+    args = parse_args(argv)
+    run = setup(comm, args)
+    cfg, model, update, ema, progress, steps = (run.cfg, run.model, run.update, run.ema,
+                                                run.progress, run.steps)
+    loss_fn, batch = LOSSES[cfg.model.loss], cfg.train.batch_size
 
     for epoch in range(progress.epoch, cfg.train.epochs):
         clock, t_epoch, first = Clock(), time.perf_counter(), progress.step
-        shard = comm.collectively(read_epoch_shard, data_path, cfg.train.seed, epoch, comm.rank,
-                                  comm.size, batch, split_seed=cfg.data.split_seed,
+        shard = comm.collectively(read_epoch_shard, run.data_path, cfg.train.seed, epoch,
+                                  comm.rank, comm.size, batch, split_seed=cfg.data.split_seed,
                                   val_size=cfg.data.val_size)
         clock.lap("data")
         carried = np.array(progress.epoch_totals)  # before `first`, all ranks (a resume)
@@ -424,7 +452,7 @@ def main(comm: Comm, argv=None) -> int:
                    disable=not (comm.is_root and cfg.run.progress and sys.stderr.isatty()))
         for k in range(first, steps):
             clock.lap("other")
-            lr = lr_at(progress.global_step)
+            lr = run.lr_at(progress.global_step)
             x, y, noise = local_batch(cfg, shard, k, epoch)
             clock.lap("data")
             if args.debug and progress.global_step == 0:
@@ -441,32 +469,32 @@ def main(comm: Comm, argv=None) -> int:
             totals += (loss * batch, (out.argmax(axis=1) == y).sum(), len(y))
             clock.lap("tally")
             bar.update(1)
-            every, stopping = cfg.run.checkpoint_every, graceful.agreed()
+            every, stopping = cfg.run.checkpoint_every, run.graceful.agreed()
             if stopping or every and progress.global_step % every == 0 and k + 1 < steps:
                 gather_state(update, ema)  # each rank kept only its slice current
                 progress.epoch_totals = list(carried + comm.allreduce_sum(totals))
-                comm.on_root(root.checkpoint, progress)
+                comm.on_root(run.root.checkpoint, progress)
                 clock.lap("checkpoint")
             if stopping:
-                return stopped(comm, graceful, update, progress, run_dir)
+                return stopped(comm, run.graceful, update, progress, run.run_dir)
         bar.close()
         train_seconds = time.perf_counter() - t_epoch
         totals = comm.allreduce_sum_(totals) + carried
         gather_state(update, ema)          # for the end-of-epoch evaluation and checkpoint
         progress.epoch, progress.step, progress.epoch_totals = epoch + 1, 0, [0.0, 0.0, 0.0]
         record = {"epoch": epoch + 1, "global_step": progress.global_step,
-                  "lr": lr_at(progress.global_step - 1), "train_loss": totals[0] / totals[2],
-                  "train_acc": totals[1] / totals[2], "world_size": comm.size, "threads": threads,
-                  "images_per_s": (steps - first) * batch / train_seconds,
+                  "lr": run.lr_at(progress.global_step - 1), "train_loss": totals[0] / totals[2],
+                  "train_acc": totals[1] / totals[2], "world_size": comm.size,
+                  "threads": run.threads, "images_per_s": (steps - first) * batch / train_seconds,
                   "seconds": {"train": train_seconds}}
-        stop = comm.on_root(root.end_of_epoch, progress, record, clock)
+        stop = comm.on_root(run.root.end_of_epoch, progress, record, clock)
         progress = comm.bcast(progress)    # rank 0 updated the best; checkpoints need it all
         if stop:
             break
 
     update.close()  # frees the shared-memory window (an ensemble trains several members)
-    graceful.close()
-    comm.on_root(root.final_report, progress, threads)  # the others sleep meanwhile
+    run.graceful.close()
+    comm.on_root(run.root.final_report, progress, run.threads)  # the others sleep meanwhile
     return 0
 
 
