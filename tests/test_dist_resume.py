@@ -30,6 +30,18 @@ def kill_after_first_checkpoint(job, run_dir, timeout=120):
     assert not (run_dir / "final.json").exists(), "the run finished before it could be killed"
 
 
+def full_and_killed_then_resumed(mnist_h5, tmp_path, *extra: str):
+    """Train `full` uninterrupted and `killed` killed at its first checkpoint, then resume
+    `killed` (2 ranks each); returns the resumed job's result."""
+    full = run_job(2, small_run_args(mnist_h5, tmp_path, "full", *extra), timeout=180)
+    assert full.returncode == 0, full.stderr
+    job = start_job(2, small_run_args(mnist_h5, tmp_path, "killed", *extra))
+    kill_after_first_checkpoint(job, tmp_path / "killed")
+    resumed = run_job(2, ["--resume", str(tmp_path / "killed")], timeout=180)
+    assert resumed.returncode == 0, resumed.stderr
+    return resumed
+
+
 def test_killed_and_resumed_run_is_bitwise_identical(mnist_h5, tmp_path):
     full = run_job(2, small_run_args(mnist_h5, tmp_path, "full", *EXTRA), timeout=180)
     assert full.returncode == 0, full.stderr
@@ -57,12 +69,7 @@ def test_killed_and_resumed_run_with_the_new_switches_is_bitwise_identical(mnist
     extra = (*EXTRA, "--set", "data.augment=true", "--set", "data.elastic_alpha=34",
              "--set", "data.elastic_sigma=4", "--set", "optim.ema_decay=0.9",
              "--set", "schedule.kind=cyclic", "--set", "schedule.cycles=2")
-    full = run_job(2, small_run_args(mnist_h5, tmp_path, "full", *extra), timeout=180)
-    assert full.returncode == 0, full.stderr
-    job = start_job(2, small_run_args(mnist_h5, tmp_path, "killed", *extra))
-    kill_after_first_checkpoint(job, tmp_path / "killed")
-    resumed = run_job(2, ["--resume", str(tmp_path / "killed")], timeout=180)
-    assert resumed.returncode == 0, resumed.stderr
+    full_and_killed_then_resumed(mnist_h5, tmp_path, *extra)
     for name in ("ckpt-e002-s00000.h5", "snapshot-c01.h5", "snapshot-c02.h5"):
         with h5py.File(tmp_path / "full" / name, "r") as a, \
                 h5py.File(tmp_path / "killed" / name, "r") as b:
