@@ -162,7 +162,7 @@ class Conv2D(Layer, _Buffers):
 
     def backward(self, dy):                                        # dy (B, Ho, Wo, Cout)
         b, h, w, c = self.x_shape
-        k, s, p, ho, wo = self.k, self.s, self.p, self.ho, self.wo
+        k, s, ho, wo = self.k, self.s, self.ho, self.wo
         kdim, hw = k * k * c, ho * wo
         dy2 = dy.reshape(b * hw, self.out)                         # (N, Cout)
         dW = self.dW.reshape(kdim, self.out)

@@ -5,14 +5,28 @@ Layout of ``runs/<name>/ckpt-e003-s00000.h5`` (``h5ls -r`` shows it)::
     /theta     (P,) float32   all trainable parameters (the model's flat arena)
     /state     (S,) float32   batch-norm running statistics
     /velocity  (P,) float32   the optimizer's momentum
-    attributes: format, version, epoch, step (position: next step to run is `step` of `epoch`),
-                global_step, best_metric, best_epoch, bad_epochs (early-stopping counter),
-                epoch_totals (the epoch's loss sum, correct, samples so far),
-                config (resolved config, JSON), spec (model spec, JSON), data_fingerprint,
-                world_size, created
+    /ema_theta (P,) float32   the moving average of theta (only with optim.ema_decay > 0)
+    /ema_state (S,) float32   its batch-norm statistics (core/ema.py)
+    attributes: format, version, kind ("training"), epoch, step (position: next step to run is
+                `step` of `epoch`), global_step, best_metric, best_epoch, bad_epochs
+                (early-stopping counter), epoch_totals (the epoch's loss sum, correct, samples
+                so far), config (resolved config, JSON), spec (model spec, JSON),
+                data_fingerprint, world_size, created
 
 Because all randomness is keyed by (seed, epoch, global sample index), these counters are the
-whole training state: no opaque RNG state, and resuming is exact.
+whole training state: no opaque RNG state, and resuming is exact. A checkpoint written before
+the moving average existed has no /ema_*; it loads as a run without one.
+
+The model a checkpoint holds -- what evaluation, prediction and ensembles use -- is the
+moving average when there is one, else theta (``model_weights``).
+
+A **model file** (``kind = "model"``) is the compact form for shipping and for ensemble
+snapshots: /theta and /state are the model's weights (the moving average's, if the run kept
+one), float32, with the same attributes (config, spec, fingerprint, where it came from) and no
+optimizer state, so it evaluates like a checkpoint but cannot be resumed:
+
+    python -m dist.checkpoint export runs/<name> best-model.h5   # best.h5 of the run
+    python -m dist.checkpoint export runs/<name>/ckpt-e012-s00000.h5 e12.h5
 
 Writing: to ``<file>.tmp`` in the same folder, flushed and fsynced, then ``os.replace`` — a
 reader sees the old file or the new one, never half a file, even if the job is killed mid-write.
@@ -29,6 +43,7 @@ Inspect one:  python -m dist.checkpoint runs/<name>/best.h5
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import math
@@ -47,6 +62,7 @@ from dist.errors import ExpectedError
 
 FORMAT = "mpigrad-checkpoint"
 VERSION = 1
+TRAINING, MODEL = "training", "model"    # the two kinds of file
 
 
 @dataclass
@@ -67,10 +83,22 @@ class Checkpoint:
     world_size: int
     epoch_totals: list = field(default_factory=lambda: [0.0, 0.0, 0.0])  # loss sum, correct,
     # samples of the epoch so far over all ranks, so that a resumed epoch is logged whole
+    ema_theta: np.ndarray | None = None   # the moving average (core/ema.py), if kept
+    ema_state: np.ndarray | None = None
+    kind: str = TRAINING                  # MODEL: a model file, velocity None
+    source: str = ""                      # a model file: what it was exported from
 
 
 def checkpoint_name(epoch: int, step: int) -> str:
     return f"ckpt-e{epoch:03d}-s{step:05d}.h5"
+
+
+SNAPSHOT_GLOB = "snapshot-c*.h5"
+
+
+def snapshot_name(cycle: int) -> str:
+    """The model file a cyclic schedule's run writes at the end of cycle `cycle` (1-based)."""
+    return f"snapshot-c{cycle:02d}.h5"
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -81,8 +109,12 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+ARRAYS = ("theta", "state", "velocity", "ema_theta", "ema_state")
+
+
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> Path:
-    """Atomically write ``ckpt`` to ``path`` (rank 0 only)."""
+    """Atomically write ``ckpt`` to ``path`` (rank 0 only). Arrays that are None (no
+    moving average; no velocity in a model file) are left out."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -98,11 +130,14 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> Path:
 
 
 def _write_hdf5(tmp: Path, ckpt: Checkpoint) -> None:
+    # Uncompressed, model files too (trained float32 weights deflate by ~10% only, and the
+    # loader checks each declared size against the file's bytes).
     with h5py.File(tmp, "w") as f:
-        for name in ("theta", "state", "velocity"):
-            f.create_dataset(name, data=np.asarray(getattr(ckpt, name), dtype=np.float32))
+        for name in ARRAYS:
+            if getattr(ckpt, name) is not None:
+                f.create_dataset(name, data=np.asarray(getattr(ckpt, name), dtype=np.float32))
         f.attrs.update({
-            "format": FORMAT, "version": VERSION,
+            "format": FORMAT, "version": VERSION, "kind": ckpt.kind, "source": ckpt.source,
             "epoch": ckpt.epoch, "step": ckpt.step, "global_step": ckpt.global_step,
             "best_metric": ckpt.best_metric, "best_epoch": ckpt.best_epoch,
             "bad_epochs": ckpt.bad_epochs,
@@ -238,32 +273,48 @@ def _describe_spec_difference(have: list, want: list) -> str:
 
 def load_checkpoint(path: str | Path, expect_spec: list | None = None,
                     expect_sizes: tuple[int, int] | None = None,
-                    expect_fingerprint: str | None = None) -> Checkpoint:
-    """Read and validate a checkpoint; every problem is one ExpectedError naming the file."""
+                    expect_fingerprint: str | None = None,
+                    resumable: bool = True) -> Checkpoint:
+    """Read and validate a checkpoint; every problem is one ExpectedError naming the file.
+    With ``resumable=False`` (evaluation, prediction, ensembles) a model file is accepted too."""
     path = resolve_checkpoint(path)
     try:
         with h5py.File(path, "r") as f:
             if f.attrs.get("format") != FORMAT:
                 raise ExpectedError(f"{path}: not an mpigrad checkpoint (no format attribute)")
-            missing = [k for k in ("theta", "state", "velocity") if k not in f]
+            kind = str(f.attrs.get("kind", TRAINING))   # files before model files: training
+            if kind not in (TRAINING, MODEL):
+                raise ExpectedError(f"{path}: unknown checkpoint kind {kind!r}")
+            if kind == MODEL and resumable:
+                raise ExpectedError(f"{path}: a model file (weights only, no optimizer state) "
+                                    "cannot be resumed; resume from the run's ckpt-*.h5")
+            needed = ("theta", "state") + (("velocity",) if kind == TRAINING else ())
+            missing = [k for k in needed if k not in f]
             if missing:
                 raise ExpectedError(f"{path}: checkpoint lacks dataset(s) {', '.join(missing)}")
-            for k in ("theta", "state", "velocity"):
+            if ("ema_theta" in f) != ("ema_state" in f):
+                raise ExpectedError(f"{path}: checkpoint has one of /ema_theta and /ema_state "
+                                    "without the other")
+            present = [k for k in ARRAYS if k in f]
+            for k in present:
                 _check_declared_shape(path, k, f[k])
-            arrays = {k: f[k][...] for k in ("theta", "state", "velocity")}
-            ckpt = Checkpoint(path=path, **arrays, **_attributes(path, dict(f.attrs)))
+            arrays = {k: f[k][...] if k in f else None for k in ARRAYS}
+            ckpt = Checkpoint(path=path, **arrays, **_attributes(path, dict(f.attrs)),
+                              kind=kind, source=str(f.attrs.get("source", "")))
     except ExpectedError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as err:
         raise ExpectedError(f"{path}: corrupt or truncated checkpoint ({type(err).__name__}: "
                             f"{str(err).splitlines()[0] if str(err) else 'unreadable'})") from None
 
-    for name in ("theta", "state", "velocity"):
-        if not np.isfinite(getattr(ckpt, name)).all():
+    for name in ARRAYS:
+        arr = getattr(ckpt, name)
+        if arr is not None and not np.isfinite(arr).all():
             raise ExpectedError(f"{path}: /{name} contains NaN or inf; refusing to resume from it")
-    if ckpt.velocity.size != ckpt.theta.size:
-        raise ExpectedError(f"{path}: /velocity has {ckpt.velocity.size} entries, /theta "
-                            f"{ckpt.theta.size}")
+    for name, like in (("velocity", "theta"), ("ema_theta", "theta"), ("ema_state", "state")):
+        arr, ref = getattr(ckpt, name), getattr(ckpt, like)
+        if arr is not None and arr.size != ref.size:
+            raise ExpectedError(f"{path}: /{name} has {arr.size} entries, /{like} {ref.size}")
     check_compatible(ckpt, expect_spec, expect_sizes, expect_fingerprint)
     return ckpt
 
@@ -314,6 +365,46 @@ def _attributes(path: Path, a: dict) -> dict:
     return out
 
 
+def model_weights(ckpt: Checkpoint) -> tuple[np.ndarray, np.ndarray]:
+    """(theta, state) of the model a checkpoint holds: the moving average if it has one."""
+    if ckpt.ema_theta is not None:
+        return ckpt.ema_theta, ckpt.ema_state
+    return ckpt.theta, ckpt.state
+
+
+def model_source(path: str | Path) -> Path:
+    """What `export` reads: a run folder means its best.h5 (the model validation chose), or
+    its newest checkpoint if it has no best.h5; a file is itself."""
+    path = Path(path)
+    if path.is_dir() and (path / "best.h5").is_file():
+        return path / "best.h5"
+    return resolve_checkpoint(path)
+
+
+def export_model(source: str | Path, out: str | Path) -> Checkpoint:
+    """Write the compact model file of a checkpoint or run folder: the model's float32
+    weights and batch-norm statistics (the moving average's when there is one), its config,
+    spec and data fingerprint; no optimizer state. Refuses to overwrite the source."""
+    src = model_source(source)
+    ckpt = load_checkpoint(src, resumable=False)
+    out = Path(out)
+    if out.exists() and out.resolve() == src.resolve():
+        raise ExpectedError(f"{out}: is the checkpoint being exported; choose another name")
+    if not out.parent.is_dir():
+        raise ExpectedError(f"{out}: folder {out.parent} does not exist")
+    model = as_model(ckpt, out, ckpt.source or str(src))
+    save_checkpoint(out, model)
+    return model
+
+
+def as_model(ckpt: Checkpoint, path: Path, source: str) -> Checkpoint:
+    """The model file of a checkpoint (to save at `path`): the model's weights as /theta and
+    /state, everything else about the run kept, no optimizer state."""
+    theta, state = model_weights(ckpt)
+    return dataclasses.replace(ckpt, path=Path(path), theta=theta, state=state, velocity=None,
+                               ema_theta=None, ema_state=None, kind=MODEL, source=source)
+
+
 def normalized(spec: list) -> list:
     """A saved spec with every default of today's layers filled in (a checkpoint written
     before a layer key existed lacks it), or the spec as it is if it no longer builds."""
@@ -340,19 +431,32 @@ def check_compatible(ckpt: Checkpoint, expect_spec: list | None = None,
                             f"{expect_fingerprint[:12]}...)")
 
 
+USAGE = ("usage: python -m dist.checkpoint CKPT_OR_RUN_DIR            (describe it)\n"
+         "       python -m dist.checkpoint export CKPT_OR_RUN_DIR OUT.h5   (compact model file)")
+
+
 def _main(argv: list[str]) -> int:
-    if len(argv) != 1 or argv[0] in ("-h", "--help"):
-        print("usage: python -m dist.checkpoint CKPT_OR_RUN_DIR", file=sys.stderr)
+    export = len(argv) == 3 and argv[0] == "export"
+    if not (export or len(argv) == 1) or argv[0] in ("-h", "--help"):
+        print(USAGE, file=sys.stderr)
         return 2
     try:
-        c = load_checkpoint(argv[0])
+        if export:
+            c = export_model(argv[1], argv[2])
+            size = Path(argv[2]).stat().st_size
+            print(f"{argv[2]}: model of {c.source} ({c.theta.size} parameters, "
+                  f"{c.state.size} state, {size / 2 ** 20:.2f} MiB)")
+            return 0
+        c = load_checkpoint(argv[0], resumable=False)
     except ExpectedError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    kind = f"model file exported from {c.source}" if c.kind == MODEL else \
+        "with a moving average of the weights" if c.ema_theta is not None else "training"
     print(f"{c.path}: epoch {c.epoch} step {c.step} (global step {c.global_step}), "
           f"{c.theta.size} parameters, {c.state.size} state, best val acc {c.best_metric:.4f} "
           f"at epoch {c.best_epoch}, trained on {c.world_size} rank(s), preset "
-          f"{c.config.get('preset', '?')!r}")
+          f"{c.config.get('preset', '?')!r}; {kind}")
     return 0
 
 

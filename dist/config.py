@@ -22,6 +22,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.schedules import KINDS as SCHEDULE_KINDS
 from core.spec import build_layers, memory_per_layer
 from dist.errors import ExpectedError
 
@@ -52,6 +53,8 @@ class DataConfig:
     max_shift: float = _f(2.0, "augmentation: largest shift in pixels")
     max_rotate: float = _f(10.0, "augmentation: largest rotation in degrees")
     max_scale: float = _f(0.1, "augmentation: largest relative change of size")
+    elastic_alpha: float = _f(0.0, "augmentation: elastic distortion strength in pixels (0 = off)")
+    elastic_sigma: float = _f(0.0, "augmentation: elastic smoothing width in pixels")
 
 
 @dataclass
@@ -60,15 +63,18 @@ class OptimConfig:
     momentum: float = _f(0.9, "momentum coefficient in [0, 1)")
     nesterov: bool = _f(False, "Nesterov momentum instead of heavy-ball")
     weight_decay: float = _f(0.0, "L2 weight decay on weights (not biases / batch-norm)")
+    ema_decay: float = _f(0.0, "moving average of the weights, e.g. 0.999; the average is the "
+                               "model (0 = off; core/ema.py)")
 
 
 @dataclass
 class ScheduleConfig:
-    kind: str = _f("cosine", "'constant', 'step' or 'cosine'")
+    kind: str = _f("cosine", "'constant', 'step', 'cosine' or 'cyclic' (cosine restarts)")
     warmup_epochs: float = _f(0.0, "linear warmup length in epochs")
     step_epochs: int = _f(0, "'step': multiply lr by gamma every this many epochs")
     gamma: float = _f(0.1, "'step': decay factor")
-    min_lr: float = _f(0.0, "'cosine': final learning rate")
+    min_lr: float = _f(0.0, "'cosine', 'cyclic': lowest learning rate")
+    cycles: int = _f(1, "'cyclic': cosine cycles over the run, a snapshot at each end")
 
 
 @dataclass
@@ -79,6 +85,8 @@ class TrainConfig:
     steps_per_epoch: int = _f(0, "cap on steps per epoch (0 = the whole epoch)")
     patience: int = _f(0, "early stopping: epochs without validation gain (0 = off)")
     eval_test_every: int = _f(1, "evaluate the test set every k epochs (and at the end)")
+    report_test: bool = _f(True, "evaluate the test set at all (false: validation only, "
+                                 "for runs that decide something)")
 
 
 @dataclass
@@ -247,12 +255,27 @@ def validate(cfg: Config) -> None:
     need(0 <= d.max_shift <= 10, "data.max_shift", d.max_shift, "must be in 0..10 pixels")
     need(0 <= d.max_rotate <= 180, "data.max_rotate", d.max_rotate, "must be in 0..180 degrees")
     need(0 <= d.max_scale < 1, "data.max_scale", d.max_scale, "must be in [0, 1)")
+    need(0 <= d.elastic_alpha <= 100, "data.elastic_alpha", d.elastic_alpha,
+         "must be in 0..100 pixels (0 = no elastic distortion)")
+    need(0 <= d.elastic_sigma <= 20, "data.elastic_sigma", d.elastic_sigma,
+         "must be in 0..20 pixels")
+    need(d.elastic_alpha == 0 or d.elastic_sigma >= 0.5, "data.elastic_sigma", d.elastic_sigma,
+         "must be at least 0.5 pixels when data.elastic_alpha > 0 (narrower is pixel noise)")
+    need(d.elastic_alpha == 0 or d.augment, "data.elastic_alpha", d.elastic_alpha,
+         "needs data.augment = true (elastic distortion is part of augmentation)")
     need(math.isfinite(o.lr) and o.lr > 0, "optim.lr", o.lr, "must be a positive number")
     need(0 <= o.momentum < 1, "optim.momentum", o.momentum, "must be in [0, 1)")
     need(not o.nesterov or o.momentum > 0, "optim.nesterov", o.nesterov, "needs momentum > 0")
     need(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
-    need(s.kind in ("constant", "step", "cosine"), "schedule.kind", s.kind,
-         "must be 'constant', 'step' or 'cosine'")
+    need(o.ema_decay == 0 or 0.5 <= o.ema_decay < 1, "optim.ema_decay", o.ema_decay,
+         "must be 0 (off) or in [0.5, 1)")
+    need(s.kind in SCHEDULE_KINDS, "schedule.kind", s.kind,
+         "must be " + ", ".join(map(repr, SCHEDULE_KINDS)))
+    need(s.cycles >= 1, "schedule.cycles", s.cycles, "must be >= 1")
+    need(s.kind == "cyclic" or s.cycles == 1, "schedule.cycles", s.cycles,
+         "needs schedule.kind = 'cyclic'")
+    need(t.epochs % s.cycles == 0, "schedule.cycles", s.cycles,
+         f"must divide train.epochs={t.epochs} (a snapshot at the end of each cycle's last epoch)")
     need(s.warmup_epochs >= 0, "schedule.warmup_epochs", s.warmup_epochs, "must be >= 0")
     need(s.kind != "step" or s.step_epochs > 0, "schedule.step_epochs", s.step_epochs,
          "must be > 0 when schedule.kind = 'step'")

@@ -30,7 +30,17 @@ trained on its own, with every rank, and then combined:
 
 When all members are done, rank 0 averages the members' class probabilities (from each member's
 ``best.h5``, chosen on validation) on the validation and test sets and writes
-``runs/<name>/ensemble.json``. Any other argument is passed to ``dist.train`` unchanged.
+``runs/<name>/ensemble.json`` (validation only with ``--set train.report_test=false``). Any
+other argument is passed to ``dist.train`` unchanged.
+
+Snapshot ensembles (Huang et al. 2017, "Snapshot ensembles: train 1, get M for free"): with a
+cyclic schedule each run writes a model file at the end of every cycle
+(``member-<m>/snapshot-cCC.h5``), and ``--snapshots`` averages those instead of the members'
+``best.h5``: M models for the price of one training each. ``--snapshots K`` takes the last K
+of each member (early cycles' snapshots are weaker).
+
+    mpirun -n 2 python -m dist.ensemble --members 1 --preset best --snapshots \
+        --set schedule.kind=cyclic --set schedule.cycles=3 --set train.epochs=18
 """
 from __future__ import annotations
 
@@ -46,19 +56,24 @@ import numpy as np
 from data.prepare import ensure_dataset
 from data.shards import read_split
 from dist import train
-from dist.checkpoint import normalized, resolve_checkpoint
+from dist.checkpoint import SNAPSHOT_GLOB, normalized, resolve_checkpoint
 from dist.comm import Comm, run_main
 from dist.errors import ExpectedError
 from dist.config import DEFAULT_PRESET, load_config
 from dist.evaluate import model_from_checkpoint, predict_scores, scores_to_proba
 
 
-def member_probabilities(folder: Path, images: np.ndarray) -> np.ndarray:
-    """Class probabilities (N, 10) of a member's best.h5 (the epoch validation chose)."""
-    model, ckpt = model_from_checkpoint(folder / "best.h5")
+def model_probabilities(path: Path, images: np.ndarray) -> np.ndarray:
+    """Class probabilities (N, 10) of one model: a member's best.h5, or a snapshot."""
+    model, ckpt = model_from_checkpoint(path)
     # Each member's own loss says how its outputs become probabilities (softmax or
     # normalised sigmoids): members of different presets can differ in it.
     return scores_to_proba(predict_scores(model, images), ckpt.config["model"]["loss"])
+
+
+def member_probabilities(folder: Path, images: np.ndarray) -> np.ndarray:
+    """Class probabilities (N, 10) of a member's best.h5 (the epoch validation chose)."""
+    return model_probabilities(folder / "best.h5", images)
 
 
 def average_accuracy(probas: list[np.ndarray], labels: np.ndarray) -> dict:
@@ -78,9 +93,22 @@ def average_accuracy(probas: list[np.ndarray], labels: np.ndarray) -> dict:
                        "by_any_member": int(wrong.any(axis=0).sum())}}
 
 
-def ensemble_accuracy(member_dirs: list[Path], images: np.ndarray, labels: np.ndarray) -> dict:
-    """Accuracy of each member's best.h5 and of their averaged probabilities."""
-    return average_accuracy([member_probabilities(f, images) for f in member_dirs], labels)
+def ensemble_accuracy(model_files: list[Path], images: np.ndarray, labels: np.ndarray) -> dict:
+    """Accuracy of each model (a member's best.h5, or a snapshot) and of their averaged
+    probabilities."""
+    return average_accuracy([model_probabilities(p, images) for p in model_files], labels)
+
+
+def model_files(folder: Path, snapshots: int | None) -> list[Path]:
+    """The models member `folder` contributes: its best.h5, or with `snapshots` its cycle-end
+    snapshots (the last `snapshots` of them; 0 = all)."""
+    if snapshots is None:
+        return [folder / "best.h5"]
+    found = sorted(folder.glob(SNAPSHOT_GLOB))
+    if not found:
+        raise ExpectedError(f"{folder}: no snapshots ({SNAPSHOT_GLOB}); snapshots are written "
+                            "by runs with schedule.kind = 'cyclic'")
+    return found[-snapshots:] if snapshots else found
 
 
 def member_state(folder: Path) -> str:
@@ -91,8 +119,10 @@ def member_state(folder: Path) -> str:
 
 
 # Settings that do not change the weights a member ends with: where it runs and writes, how
-# often it reports, where the data file lives; and its seed, which is checked on its own.
-NOT_SHAPING = ("run.", "data.path", "data.source", "train.eval_test_every", "train.seed")
+# often and whether it reports the test set, where the data file lives; and its seed, which is
+# checked on its own.
+NOT_SHAPING = ("run.", "data.path", "data.source", "train.eval_test_every", "train.report_test",
+               "train.seed")
 
 
 def _flatten(table: dict, prefix: str = "") -> dict:
@@ -220,12 +250,18 @@ def member_configs(world: Comm, presets: list[str], config_file, overrides) -> d
 
 
 def main(world: Comm, argv=None) -> int:
+    start = time.perf_counter()
     parser = train.ArgumentParser(prog="python -m dist.ensemble", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--members", required=True, metavar="K | NAME:K,NAME:K",
                         help="number of models K (of --preset), or models per preset")
     parser.add_argument("--name", default="", help="run folder name (default: a timestamp)")
+    parser.add_argument("--snapshots", type=int, nargs="?", const=0, metavar="K",
+                        help="average each member's cycle-end snapshots (schedule.kind = "
+                             "'cyclic') instead of its best.h5; K: only the last K")
     args, train_argv = parser.parse_known_args(argv)
+    world.agree(args.snapshots is None or args.snapshots >= 0,
+                f"--snapshots {args.snapshots}: must be >= 0 (0 or nothing = all)")
     preset_args = train.parse_args(train_argv)
     world.agree(not preset_args.resume, "--resume: resume each member with dist.train instead")
     presets = member_presets(args.members, preset_args.preset)
@@ -234,6 +270,11 @@ def main(world: Comm, argv=None) -> int:
                 f"--config {preset_args.config}: give presets in --members, or one --config")
     configs = member_configs(world, presets, preset_args.config, preset_args.set)
     cfg = configs[presets[0]]            # for the settings all members share
+    if args.snapshots is not None:
+        plain = next((c for c in configs.values() if c.schedule.kind != "cyclic"), None)
+        world.agree(plain is None, "" if plain is None else (
+            f"--snapshots: preset {plain.preset!r} has schedule.kind={plain.schedule.kind!r}; "
+            "snapshots come from --set schedule.kind=cyclic --set schedule.cycles=M"))
     label = args.members if mixed else cfg.preset
     name = world.bcast(args.name or f"ensemble-{label.replace(':', '').replace(',', '-')}-"
                                     f"{time.strftime('%Y%m%d-%H%M%S')}")
@@ -295,18 +336,24 @@ def main(world: Comm, argv=None) -> int:
 
     def combine() -> None:
         data_path = ensure_dataset(cfg.data.path or None, quiet=True)
-        members = [folder / f"member-{m}" for m in range(len(presets))]
+        files = [path for m in range(len(presets))
+                 for path in model_files(folder / f"member-{m}", args.snapshots)]
         result = {"members": len(presets), "ranks": world.size, "preset": label,
-                  "presets": [configs[p].preset for p in presets]}
-        for split in ("val", "test"):
+                  "presets": [configs[p].preset for p in presets],
+                  "models": [str(path.relative_to(folder)) for path in files],
+                  "wall_seconds": time.perf_counter() - start}
+        # Runs that decide something see the validation split only (train.report_test).
+        for split in ("val", "test") if cfg.train.report_test else ("val",):
             images, labels, _ = read_split(data_path, split, cfg.data.split_seed,
                                            cfg.data.val_size)
             if len(labels):
-                result[split] = ensemble_accuracy(members, images, labels)
+                result[split] = ensemble_accuracy(files, images, labels)
         (folder / "ensemble.json").write_text(json.dumps(result, indent=2) + "\n")
-        test = result["test"]
-        print(f"ensemble of {len(presets)}: test accuracy {100 * test['ensemble']:.2f}% "
-              f"(members {', '.join(f'{100 * a:.2f}%' for a in test['members'])}); "
+        split = "test" if "test" in result else "val"
+        shown = result.get(split, {"ensemble": float("nan"), "members": []})
+        print(f"ensemble of {len(files)} models: {split} accuracy "
+              f"{100 * shown['ensemble']:.2f}% (models "
+              f"{', '.join(f'{100 * a:.2f}%' for a in shown['members'])}); "
               f"{folder / 'ensemble.json'}", flush=True)
 
     world.on_root(combine)

@@ -22,7 +22,7 @@ from data.errors import DataError
 from data.hdf5 import open_mnist
 from data.prepare import ensure_dataset
 from data.shards import normalize, read_split
-from dist.checkpoint import check_compatible, load_checkpoint
+from dist.checkpoint import check_compatible, load_checkpoint, model_weights
 from dist.config import check_model
 from dist.errors import ExpectedError
 
@@ -62,19 +62,20 @@ def evaluate(model: Model, images: np.ndarray, labels: np.ndarray, loss: str,
 
 
 def model_from_checkpoint(path, data_fingerprint: str | None = None):
-    """Rebuild the model a checkpoint records and load its weights. Returns (model, ckpt)."""
-    ckpt = load_checkpoint(path, expect_fingerprint=data_fingerprint)
+    """Rebuild the model a checkpoint (or model file) records and load its weights. Returns
+    (model, ckpt)."""
+    ckpt = load_checkpoint(path, expect_fingerprint=data_fingerprint, resumable=False)
     return model_of(ckpt), ckpt
 
 
 def model_of(ckpt) -> Model:
-    """The model of an already loaded checkpoint, with its weights and batch-norm state."""
+    """The model of an already loaded checkpoint, with its weights and batch-norm state: the
+    moving average of the weights when the run kept one (dist.checkpoint.model_weights)."""
     check_model(ckpt.spec, EVAL_BATCH, where=f"{ckpt.path}: its model")  # before allocating
     model = Model(ckpt.spec, seed=0)
     if (model.theta.size, model.state.size) != (ckpt.theta.size, ckpt.state.size):
         raise ExpectedError(f"{ckpt.path}: parameter sizes do not match its own spec")
-    model.theta[...] = ckpt.theta
-    model.state[...] = ckpt.state
+    model.theta[...], model.state[...] = model_weights(ckpt)
     return model
 
 
@@ -88,13 +89,14 @@ def format_confusion(confusion) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dist.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="checkpoint file or run folder (newest checkpoint)")
+    parser.add_argument("checkpoint", help="checkpoint or model file, or run folder (newest "
+                        "checkpoint)")
     parser.add_argument("--split", choices=("test", "val"), default="test")
     parser.add_argument("--data", default="", help="MNIST HDF5 file (default: the run's)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
     try:
-        ckpt = load_checkpoint(args.checkpoint)   # read once: weights, spec and config
+        ckpt = load_checkpoint(args.checkpoint, resumable=False)   # weights, spec, config
         data_cfg = ckpt.config.get("data", {})
         named = args.data or data_cfg.get("path")
         if named and not Path(named).is_file():   # a named file is read, never made here

@@ -3,9 +3,13 @@
     runs/<name>/
         config.json           the resolved config (``--config runs/<name>/config.json`` repeats it)
         metrics.jsonl         one JSON line per epoch: losses, accuracies, lr, images/s, timings
+                              (with optim.ema_decay, val_* are the moving average's and
+                              raw_val_* the raw weights')
+        snapshot-cCC.h5       schedule.kind = 'cyclic': the model at the end of cycle CC
         ckpt-eEEE-sSSSSS.h5   the newest run.keep_last checkpoints (dist/checkpoint.py)
         best.h5               the checkpoint of the best validation accuracy so far
-        final.json            the result: best.h5's test accuracy, wall time
+        final.json            the result: best.h5's test accuracy (null with
+                              train.report_test = false), wall time
         lock                  host and pid of the job using the folder (dist/runlock.py)
 
 A job takes the folder's lock before it writes anything there, and removes the ``*.tmp`` of
@@ -79,6 +83,7 @@ def epoch_line(record: dict, epochs: int) -> str:
             f"acc {pct(r['train_acc'])}"
             + (f"  val loss {r['val_loss']:.4f} acc {pct(r['val_acc'])}"
                if r["val_acc"] is not None else "")
+            + (f" (raw weights {pct(r['raw_val_acc'])})" if "raw_val_acc" in r else "")
             + (f"  test acc {pct(r['test_acc'])}" if r["test_acc"] is not None else "")
             + f"  lr {r['lr']:.4g}  {r['images_per_s']:.0f} img/s  (compute "
             f"{s['compute']:.1f}s, allreduce {s['allreduce']:.1f}s, data {s['data']:.1f}s, "
@@ -88,6 +93,7 @@ def epoch_line(record: dict, epochs: int) -> str:
 def write_final(run_dir: Path, summary: dict) -> None:
     """final.json, and the line that ends a run."""
     (run_dir / "final.json").write_text(json.dumps(summary, indent=2) + "\n")
+    test = "test set not evaluated (train.report_test = false)" \
+        if summary["test_acc"] is None else f"has test accuracy {100 * summary['test_acc']:.2f}%"
     print(f"done in {summary['wall_seconds']:.0f}s: best.h5 (epoch {summary['best_epoch']}, "
-          f"validation {100 * summary['best_val_acc']:.2f}%) has test accuracy "
-          f"{100 * summary['test_acc']:.2f}%; run {run_dir}", flush=True)
+          f"validation {100 * summary['best_val_acc']:.2f}%) {test}; run {run_dir}", flush=True)

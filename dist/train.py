@@ -16,8 +16,9 @@ The loss divides by the *global* batch size, so the summed gradient is the singl
 order -- the samples, augmentations and dropout masks are identical, the parameters after a
 step agree to ~1e-8, but the rounding differences grow, and once a ReLU or max-pool decision
 flips the runs go separate ways (measured on cnn: 1e-6 after ~10 steps, 5-7% of the norm of
-theta after 60; final accuracies within 0.1%). The same rank count repeats bit for bit. Rank 0 evaluates, logs and writes the checkpoints (``dist.rundir``); the other ranks
-wait for it without spinning a core. SIGTERM, SIGINT or SIGUSR1 stops the job at the next step
+theta after 60; final accuracies within 0.1%). The same rank count repeats bit for bit.
+Rank 0 evaluates, logs and writes the checkpoints (``dist.rundir``); the other ranks wait for
+it without spinning a core. SIGTERM, SIGINT or SIGUSR1 stops the job at the next step
 with a checkpoint of it (``dist.stop``; exit status 128 + the signal).
 """
 from __future__ import annotations
@@ -34,6 +35,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from core.deskew import deskew_raw, deskews_before_augment
+from core.ema import EMA
 from core.keyed_random import keyed_uniform, sample_keys
 from core.losses import LOSSES
 from core.model import Model
@@ -111,7 +113,8 @@ def build_optimizer(cfg, model: Model, steps: int):
                               total_steps=cfg.train.epochs * steps,
                               warmup_steps=round(cfg.schedule.warmup_epochs * steps),
                               step_size=max(cfg.schedule.step_epochs, 1) * steps,
-                              gamma=cfg.schedule.gamma, min_lr=cfg.schedule.min_lr)
+                              gamma=cfg.schedule.gamma, min_lr=cfg.schedule.min_lr,
+                              cycles=cfg.schedule.cycles)
     except ValueError as err:
         raise ExpectedError(f"optim/schedule: {err}") from None
     return opt, lr_at
@@ -135,8 +138,9 @@ def local_batch(cfg, shard, k: int, epoch: int):
     if deskews_before_augment(cfg.model.layers):   # upright first, then shifted and turned
         images = deskew_raw(images)
     if cfg.data.augment:
-        images = random_affine(images, keys, cfg.data.max_shift, cfg.data.max_rotate,
-                               cfg.data.max_scale)
+        d = cfg.data
+        images = random_affine(images, keys, d.max_shift, d.max_rotate, d.max_scale,
+                               d.elastic_alpha, d.elastic_sigma)
     noise = lambda stream, shape: keyed_uniform(keys, stream, shape)  # noqa: E731
     return normalize(images), shard.labels[lo:hi].astype(np.int64), noise
 
@@ -246,37 +250,85 @@ def start(comm: Comm, cfg, model: Model, opt: SGD, resume, fingerprint: str):
     return progress, resume.path.parent
 
 
+def make_ema(cfg, model: Model, resume) -> EMA | None:
+    """The moving average of the weights (optim.ema_decay > 0; core/ema.py): the checkpoint's
+    when resuming, else started at the current weights (a fresh run, or a run resumed with the
+    average newly switched on)."""
+    if not cfg.optim.ema_decay:
+        return None
+    ema = EMA(model.theta, model.state, cfg.optim.ema_decay)
+    if resume is not None and resume.ema_theta is not None:
+        ema.load(resume.ema_theta, resume.ema_state)
+    return ema
+
+
+def gather_state(update, ema: EMA | None) -> None:
+    """Make whole on every rank what each rank kept current on its own slice only: the
+    velocity and the moving average (collective; before evaluating or checkpointing)."""
+    update.gather_velocity()
+    if ema is not None:
+        update.gather(ema.theta)
+
+
 class RootWork:
     """What rank 0 does between steps while the others wait: checkpoints, evaluation, logs."""
 
-    def __init__(self, comm: Comm, cfg, model: Model, opt: SGD, run_dir: Path, data_path: str,
-                 fingerprint: str, start: float):
+    def __init__(self, comm: Comm, cfg, model: Model, opt: SGD, ema: EMA | None, run_dir: Path,
+                 data_path: str, fingerprint: str, start: float):
         self.comm, self.cfg, self.model, self.opt, self.run_dir = comm, cfg, model, opt, run_dir
-        self.fingerprint, self.start = fingerprint, start
+        self.ema, self.fingerprint, self.start = ema, fingerprint, start
         split = (cfg.data.split_seed, cfg.data.val_size)
         self.val_set = read_split(data_path, "val", *split) if comm.is_root else None
         self.test_set = read_split(data_path, "test", *split) if comm.is_root else None
         # run.tensorboard: rank 0 writes the curves; a missing writer stops every rank here.
         self.tensorboard = comm.collectively(open_log, run_dir,
                                              cfg.run.tensorboard and comm.is_root)
+        # The averaged weights are evaluated in a model of their own (eval mode: no reduce).
+        self.averaged = Model(model.spec, seed=0) if ema is not None and comm.is_root else None
 
-    def checkpoint(self, progress: Progress, also_best: bool = False) -> None:
-        m, cfg = self.model, self.cfg
+    def the_model(self) -> Model:
+        """The model that counts: the moving average of the weights when there is one."""
+        if self.ema is None:
+            return self.model
+        self.averaged.theta[...], self.averaged.state[...] = self.ema.theta, self.ema.state
+        return self.averaged
+
+    def checkpoint(self, progress: Progress, also_best: bool = False,
+                   at_epoch_end: bool = False) -> None:
+        m, cfg, ema = self.model, self.cfg, self.ema
         state = ck.Checkpoint(self.run_dir / ck.checkpoint_name(progress.epoch, progress.step),
                               m.theta, m.state, self.opt.velocity, **asdict(progress),
                               config=cfg.to_dict(), spec=m.spec,
-                              data_fingerprint=self.fingerprint, world_size=self.comm.size)
+                              data_fingerprint=self.fingerprint, world_size=self.comm.size,
+                              ema_theta=ema.theta if ema else None,
+                              ema_state=ema.state if ema else None)
         ck.write_checkpoint(self.run_dir, state, cfg.run.keep_last, best=also_best)
+        if at_epoch_end:
+            self.snapshot(state, progress.epoch)
+
+    def snapshot(self, state: ck.Checkpoint, epoch: int) -> None:
+        """A cyclic schedule's member for snapshot ensembles: the model at the end of each
+        cycle, as a model file (dist.ensemble --snapshots)."""
+        s = self.cfg.schedule
+        per_cycle = max(self.cfg.train.epochs // s.cycles, 1)   # --debug cuts the epochs
+        if s.kind == "cyclic" and epoch % per_cycle == 0:
+            path = self.run_dir / ck.snapshot_name(epoch // per_cycle)
+            ck.save_checkpoint(path, ck.as_model(state, path, source=str(state.path)))
 
     def end_of_epoch(self, progress: Progress, record: dict, clock: Clock) -> bool:
         """Evaluate, update the best, checkpoint, log. Returns True to stop early."""
         cfg, epoch = self.cfg, progress.epoch       # the epoch just completed
+        model, has_val = self.the_model(), len(self.val_set[1]) > 0
         with threadpool_limits(self.comm.root_threads):  # the other ranks sleep meanwhile
-            val = evaluate(self.model, *self.val_set[:2], cfg.model.loss) \
-                if len(self.val_set[1]) else None
+            val = evaluate(model, *self.val_set[:2], cfg.model.loss) if has_val else None
+            # With a moving average, the raw weights' validation figures too: whether the
+            # average helps is decided on them (launch/docs/protocol-20.md, D1).
+            raw = evaluate(self.model, *self.val_set[:2], cfg.model.loss) \
+                if has_val and model is not self.model else None
             every = cfg.train.eval_test_every
-            test = evaluate(self.model, *self.test_set[:2], cfg.model.loss) \
-                if epoch == cfg.train.epochs or (every and epoch % every == 0) else None
+            test = evaluate(model, *self.test_set[:2], cfg.model.loss) \
+                if cfg.train.report_test and (epoch == cfg.train.epochs
+                                              or (every and epoch % every == 0)) else None
         clock.lap("eval")
         improved = val is not None and val["acc"] > progress.best_metric
         if improved:
@@ -285,11 +337,13 @@ class RootWork:
             progress.bad_epochs += 1
         patience = cfg.train.patience
         stop = bool(patience and val is not None and progress.bad_epochs >= patience)
-        self.checkpoint(progress, also_best=improved or val is None)
+        self.checkpoint(progress, also_best=improved or val is None, at_epoch_end=True)
         clock.lap("checkpoint")
         record.update(val_loss=val and val["loss"], val_acc=val and val["acc"],
                       test_loss=test and test["loss"], test_acc=test and test["acc"],
                       early_stop=stop)
+        if raw is not None:
+            record.update(raw_val_loss=raw["loss"], raw_val_acc=raw["acc"])
         record["seconds"] = {**split_of(clock), "train": record["seconds"]["train"],
                              "wall": time.perf_counter() - self.start}
         rundir.append_metrics(self.run_dir, record)
@@ -300,14 +354,17 @@ class RootWork:
 
     def final_report(self, progress: Progress, threads: int) -> None:
         """The model that counts is the one validation chose: best.h5, on the test set (the
-        newest checkpoint if best.h5 was lost, e.g. to a full disk before version 18)."""
-        best = self.run_dir / "best.h5"
-        if not best.exists():
-            best = ck.numbered_checkpoints(self.run_dir)[-1]
-            print(f"note: {self.run_dir}/best.h5 is missing; reporting {best.name}")
-        best_model, _ = model_from_checkpoint(best, self.fingerprint)
-        with threadpool_limits(self.comm.root_threads):
-            test = evaluate(best_model, *self.test_set[:2], self.cfg.model.loss)
+        newest checkpoint if best.h5 was lost, e.g. to a full disk before version 18). Not
+        with train.report_test = false: runs that decide something see validation only."""
+        test = {"acc": None, "loss": None}
+        if self.cfg.train.report_test:
+            best = self.run_dir / "best.h5"
+            if not best.exists():
+                best = ck.numbered_checkpoints(self.run_dir)[-1]
+                print(f"note: {self.run_dir}/best.h5 is missing; reporting {best.name}")
+            best_model, _ = model_from_checkpoint(best, self.fingerprint)
+            with threadpool_limits(self.comm.root_threads):
+                test = evaluate(best_model, *self.test_set[:2], self.cfg.model.loss)
         rundir.write_final(self.run_dir, {
             "run": str(self.run_dir), "best_epoch": progress.best_epoch,
             "best_val_acc": progress.best_metric, "test_acc": test["acc"],
@@ -335,8 +392,26 @@ def headline(comm: Comm, cfg, model: Model, threads: int, steps: int, update, ru
                             if progress.global_step else ""))
 
 
-def main(comm: Comm, argv=None) -> int:
-    args = parse_args(argv)
+@dataclass
+class Run:
+    """What the loop works with; ``setup`` builds it the same way on every rank."""
+    cfg: object
+    model: Model
+    opt: SGD
+    lr_at: object
+    update: object
+    ema: object
+    root: RootWork
+    progress: Progress
+    run_dir: Path
+    data_path: str
+    steps: int
+    threads: int
+    graceful: GracefulStop
+
+
+def setup(comm: Comm, args) -> Run:
+    """Config, model, data, optimizer, update, and where to start: fresh or a checkpoint."""
     start_time, graceful = time.perf_counter(), GracefulStop(comm)
     cfg, resume = configure(comm, args)
     threads = cfg.run.threads or comm.cores_per_rank
@@ -349,16 +424,26 @@ def main(comm: Comm, argv=None) -> int:
     data_path, fingerprint, steps = open_data(comm, cfg)
     opt, lr_at = comm.collectively(build_optimizer, cfg, model, steps)
     update = build_update(cfg, comm, model, opt)
-    loss_fn, batch = LOSSES[cfg.model.loss], cfg.train.batch_size
     progress, run_dir = start(comm, cfg, model, opt, resume, fingerprint)
-    root = RootWork(comm, cfg, model, opt, run_dir, data_path, fingerprint, start_time)
+    ema = make_ema(cfg, model, resume)
+    root = RootWork(comm, cfg, model, opt, ema, run_dir, data_path, fingerprint, start_time)
     if comm.is_root:
         print(headline(comm, cfg, model, threads, steps, update, run_dir, progress), flush=True)
+    return Run(cfg, model, opt, lr_at, update, ema, root, progress, run_dir, data_path, steps,
+               threads, graceful)
+
+
+def main(comm: Comm, argv=None) -> int:
+    args = parse_args(argv)
+    run = setup(comm, args)
+    cfg, model, update, ema, progress, steps = (run.cfg, run.model, run.update, run.ema,
+                                                run.progress, run.steps)
+    loss_fn, batch = LOSSES[cfg.model.loss], cfg.train.batch_size
 
     for epoch in range(progress.epoch, cfg.train.epochs):
         clock, t_epoch, first = Clock(), time.perf_counter(), progress.step
-        shard = comm.collectively(read_epoch_shard, data_path, cfg.train.seed, epoch, comm.rank,
-                                  comm.size, batch, split_seed=cfg.data.split_seed,
+        shard = comm.collectively(read_epoch_shard, run.data_path, cfg.train.seed, epoch,
+                                  comm.rank, comm.size, batch, split_seed=cfg.data.split_seed,
                                   val_size=cfg.data.val_size)
         clock.lap("data")
         carried = np.array(progress.epoch_totals)  # before `first`, all ranks (a resume)
@@ -367,7 +452,7 @@ def main(comm: Comm, argv=None) -> int:
                    disable=not (comm.is_root and cfg.run.progress and sys.stderr.isatty()))
         for k in range(first, steps):
             clock.lap("other")
-            lr = lr_at(progress.global_step)
+            lr = run.lr_at(progress.global_step)
             x, y, noise = local_batch(cfg, shard, k, epoch)
             clock.lap("data")
             if args.debug and progress.global_step == 0:
@@ -378,36 +463,38 @@ def main(comm: Comm, argv=None) -> int:
                 raise ExpectedError(f"non-finite loss/gradient at epoch {epoch + 1} step {k + 1} "
                                     f"(lr {lr:.3g}); no checkpoint written from it. Try a "
                                     f"smaller optim.lr or run with --debug", everywhere=True)
+            if ema is not None:            # my slice only: gathered before it is read
+                ema.update(model.theta, model.state, progress.global_step, *update.my_slice)
             progress.step, progress.global_step = k + 1, progress.global_step + 1
             totals += (loss * batch, (out.argmax(axis=1) == y).sum(), len(y))
             clock.lap("tally")
             bar.update(1)
-            every, stopping = cfg.run.checkpoint_every, graceful.agreed()
+            every, stopping = cfg.run.checkpoint_every, run.graceful.agreed()
             if stopping or every and progress.global_step % every == 0 and k + 1 < steps:
-                update.gather_velocity()   # each rank kept only its slice current
+                gather_state(update, ema)  # each rank kept only its slice current
                 progress.epoch_totals = list(carried + comm.allreduce_sum(totals))
-                comm.on_root(root.checkpoint, progress)
+                comm.on_root(run.root.checkpoint, progress)
                 clock.lap("checkpoint")
             if stopping:
-                return stopped(comm, graceful, update, progress, run_dir)
+                return stopped(comm, run.graceful, update, progress, run.run_dir)
         bar.close()
         train_seconds = time.perf_counter() - t_epoch
         totals = comm.allreduce_sum_(totals) + carried
-        update.gather_velocity()           # for the end-of-epoch checkpoint
+        gather_state(update, ema)          # for the end-of-epoch evaluation and checkpoint
         progress.epoch, progress.step, progress.epoch_totals = epoch + 1, 0, [0.0, 0.0, 0.0]
         record = {"epoch": epoch + 1, "global_step": progress.global_step,
-                  "lr": lr_at(progress.global_step - 1), "train_loss": totals[0] / totals[2],
-                  "train_acc": totals[1] / totals[2], "world_size": comm.size, "threads": threads,
-                  "images_per_s": (steps - first) * batch / train_seconds,
+                  "lr": run.lr_at(progress.global_step - 1), "train_loss": totals[0] / totals[2],
+                  "train_acc": totals[1] / totals[2], "world_size": comm.size,
+                  "threads": run.threads, "images_per_s": (steps - first) * batch / train_seconds,
                   "seconds": {"train": train_seconds}}
-        stop = comm.on_root(root.end_of_epoch, progress, record, clock)
+        stop = comm.on_root(run.root.end_of_epoch, progress, record, clock)
         progress = comm.bcast(progress)    # rank 0 updated the best; checkpoints need it all
         if stop:
             break
 
     update.close()  # frees the shared-memory window (an ensemble trains several members)
-    graceful.close()
-    comm.on_root(root.final_report, progress, threads)  # the others sleep meanwhile
+    run.graceful.close()
+    comm.on_root(run.root.final_report, progress, run.threads)  # the others sleep meanwhile
     return 0
 
 

@@ -76,6 +76,7 @@ on every rank before a checkpoint; a resumed run hands every rank the whole vect
     update.gather_parameters()        # theta whole again, the same on every rank
     update.finite()                   # False if the step produced inf/NaN (same on all ranks)
     update.gather_velocity()          # before writing a checkpoint
+    update.gather(ema.theta)          # any vector kept slice by slice (core/ema.py)
     update.close()                    # collective: frees the shared-memory window
 
 Tested by tests/test_dist_invariance.py (n ranks against 1, bitwise resume),
@@ -113,7 +114,17 @@ class AllreduceUpdate:
         pass                                          # every rank updated all of theta
 
     def gather_velocity(self) -> None:
-        pass
+        self.gather(self.opt.velocity)
+
+    def gather(self, vector: np.ndarray) -> None:
+        """Make a vector laid out like theta whole on every rank, where each rank kept only its
+        own slice current (the velocity; the moving average of the weights). Collective.
+        Here every rank updated all of theta, so there is nothing to gather."""
+
+    @property
+    def my_slice(self) -> tuple[int, int]:
+        """(lo, hi): the part of theta this rank updates."""
+        return self.lo, self.lo + self.my_grad.size
 
     def finite(self) -> bool:
         """Whether theta is still finite after the step. A non-finite gradient anywhere makes
@@ -144,8 +155,8 @@ class ShardedUpdate(AllreduceUpdate):
     def gather_parameters(self) -> None:
         self.comm.allgather_(self.theta, self.counts, self.displs)
 
-    def gather_velocity(self) -> None:
-        self.comm.allgather_(self.opt.velocity, self.counts, self.displs)
+    def gather(self, vector: np.ndarray) -> None:
+        self.comm.allgather_(vector, self.counts, self.displs)
 
 
 class SharedMemoryUpdate(ShardedUpdate):
@@ -264,10 +275,9 @@ class HierarchicalUpdate(AllreduceUpdate):
                 lo, n = int(self.host_displs[rank]), int(self.host_counts[rank])
                 self.theta[lo:lo + n] = other[p:p + n]
 
-    def gather_velocity(self) -> None:
-        velocity = self.opt.velocity
-        self.across.allgather_(velocity[self.slice], self.counts, self.displs)
-        self.node.allgather_(velocity, self.host_counts, self.host_displs)
+    def gather(self, vector: np.ndarray) -> None:
+        self.across.allgather_(vector[self.slice], self.counts, self.displs)
+        self.node.allgather_(vector, self.host_counts, self.host_displs)
 
     def close(self) -> None:
         if self.shared is not None:

@@ -211,7 +211,7 @@ def build_report(run_dir: Path, out_dir: Path, data_path: str | None) -> dict:
     records = read_metrics(run_dir)
     ckpt_path = pick_checkpoint(run_dir)
     # As dist.evaluate does: the checkpoint names its data; the fingerprint must match it.
-    data_cfg = load_checkpoint(ckpt_path).config.get("data", {})
+    data_cfg = load_checkpoint(ckpt_path, resumable=False).config.get("data", {})
     path = ensure_dataset(data_path or data_cfg.get("path") or None, quiet=True)
     model, ckpt = model_from_checkpoint(ckpt_path, open_mnist(path).fingerprint)
     loss = ckpt.config["model"]["loss"]

@@ -119,7 +119,30 @@ def test_warmup_is_linear_then_joins():
     assert lr(0) == pytest.approx(0.02) and lr(4) == pytest.approx(0.1) and lr(50) == pytest.approx(0.01)
 
 
+def test_cyclic_schedule_restarts_the_cosine_every_cycle():
+    # 3 cycles of 40 steps (the snapshot schedule): each a cosine from 0.3 down to 0.01, the
+    # first after 5 warm-up steps; each cycle's last step is its lowest lr.
+    lr = make_schedule("cyclic", 0.3, 120, warmup_steps=5, min_lr=0.01, cycles=3)
+    cosine = make_schedule("cosine", 0.3, 40, warmup_steps=5, min_lr=0.01)
+    assert [lr(s) for s in range(40)] == [cosine(s) for s in range(40)]
+    restart = make_schedule("cosine", 0.3, 40, min_lr=0.01)
+    for start in (40, 80):
+        assert [lr(start + s) for s in range(40)] == pytest.approx([restart(s) for s in range(40)])
+    assert lr(40) == pytest.approx(0.3) and lr(80) == pytest.approx(0.3)
+    ends = [lr(39), lr(79), lr(119)]
+    assert all(e < 0.011 for e in ends) and lr(120) == pytest.approx(0.01)
+    # One cycle is the cosine schedule itself, bit for bit.
+    one = make_schedule("cyclic", 0.3, 97, warmup_steps=7, cycles=1)
+    plain = make_schedule("cosine", 0.3, 97, warmup_steps=7)
+    assert [one(s) for s in range(120)] == [plain(s) for s in range(120)]
+    # Uneven division: cycles start at floor(c T / M) and every step falls in one cycle.
+    lr = make_schedule("cyclic", 1.0, 10, cycles=3)                 # cycles at 0, 3, 6
+    assert [s for s in range(10) if lr(s) == 1.0] == [0, 3, 6]
+
+
 @pytest.mark.parametrize("args,kw,message", [
+    (("cyclic", 0.1, 10), {"cycles": 0}, "cycles must be an int in"),
+    (("cyclic", 0.1, 10), {"cycles": 2, "warmup_steps": 5}, "must end within the first cycle"),
     (("linear", 0.1, 10), {}, "kind must be one of"),
     (("constant", 0.1, 0), {}, "total_steps"),
     (("constant", 0.1, 10), {"warmup_steps": 11}, "warmup_steps"),

@@ -44,6 +44,14 @@ def test_overrides_are_typed_toml_values():
     ("model.loss=hinge", "model.loss='hinge'"),
     ("model.layers=[]", "model.layers=[]"),
     ("run.name=a/b", "run.name='a/b'"),
+    ("data.elastic_alpha=-1", "data.elastic_alpha=-1.0: must be in 0..100"),
+    ("data.elastic_sigma=30", "data.elastic_sigma=30.0: must be in 0..20"),
+    ("data.elastic_alpha=34", "data.elastic_sigma=0.0: must be at least 0.5 pixels"),
+    ("optim.ema_decay=0.2", "optim.ema_decay=0.2: must be 0 (off) or in [0.5, 1)"),
+    ("optim.ema_decay=1", "optim.ema_decay=1.0: must be 0 (off) or in [0.5, 1)"),
+    ("schedule.cycles=3", "schedule.cycles=3: needs schedule.kind = 'cyclic'"),
+    ("schedule.cycles=0", "schedule.cycles=0: must be >= 1"),
+    ("train.report_test=0", "train.report_test must be true or false"),
     ("optim.lr", "expected KEY=VALUE"),
 ])
 def test_bad_values_name_the_key(override, message):
@@ -51,6 +59,20 @@ def test_bad_values_name_the_key(override, message):
         load_config("cnn", overrides=[override])
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_elastic_distortion_needs_augmentation_on():
+    with pytest.raises(ExpectedError, match=r"data.elastic_alpha=34.0: needs data.augment = true"):
+        load_config("mlp", overrides=["data.elastic_alpha=34", "data.elastic_sigma=4"])
+    cfg = load_config("best", overrides=["data.elastic_alpha=34", "data.elastic_sigma=4"])
+    assert (cfg.data.elastic_alpha, cfg.data.elastic_sigma) == (34.0, 4.0)
+
+
+def test_cyclic_cycles_must_divide_the_epochs():
+    with pytest.raises(ExpectedError, match=r"schedule.cycles=4: must divide train.epochs=6"):
+        load_config("cnn", overrides=["schedule.kind=cyclic", "schedule.cycles=4"])
+    cfg = load_config("cnn", overrides=["schedule.kind=cyclic", "schedule.cycles=3"])
+    assert (cfg.schedule.kind, cfg.schedule.cycles) == ("cyclic", 3)
 
 
 def test_unknown_key_in_a_file_names_the_file(tmp_path):

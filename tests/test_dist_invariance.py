@@ -9,6 +9,7 @@ smooth along the way; a ReLU or max-pool decision that flips because two values 
 last bit makes a discrete jump (seen: 1e-6 -> 6e-5 in one step, several epochs into a longer run
 of this tiny network), which is why the test uses a short run rather than a loose tolerance.
 """
+import h5py
 import pytest
 
 from tests.dist_helpers import rel_diff, run_job, small_run_args, theta_of
@@ -26,6 +27,23 @@ def test_one_two_and_four_ranks_reach_the_same_parameters(mnist_h5, tmp_path):
     assert rel_diff(thetas[1], theta_of(tmp_path / "n1" / "ckpt-e001-s00000.h5")) > 1e-3  # it moved
     assert rel_diff(thetas[2], thetas[1]) < 1e-5
     assert rel_diff(thetas[4], thetas[1]) < 1e-5
+
+
+def test_elastic_distortion_and_the_moving_average_are_world_size_invariant(mnist_h5, tmp_path):
+    # Elastic fields keyed by global sample index; the average kept slice by slice (a rank
+    # averages the slice it updates): 1 and 2 ranks reach the same weights and average.
+    extra = ("--set", "data.augment=true", "--set", "data.elastic_alpha=34",
+             "--set", "data.elastic_sigma=4", "--set", "optim.ema_decay=0.9")
+    arrays = {}
+    for ranks in (1, 2):
+        result = run_job(ranks, small_run_args(mnist_h5, tmp_path, f"e{ranks}", *extra),
+                         timeout=180)
+        assert result.returncode == 0, result.stderr
+        with h5py.File(tmp_path / f"e{ranks}" / "ckpt-e002-s00000.h5", "r") as f:
+            arrays[ranks] = {name: f[name][...] for name in ("theta", "ema_theta", "ema_state")}
+    for name in ("theta", "ema_theta", "ema_state"):
+        assert rel_diff(arrays[2][name], arrays[1][name]) < 1e-5, name
+    assert rel_diff(arrays[1]["ema_theta"], arrays[1]["theta"]) > 1e-3   # an average, not theta
 
 
 def test_the_single_process_run_is_deterministic(mnist_h5, tmp_path):

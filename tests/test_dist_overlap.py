@@ -15,8 +15,8 @@ import pytest
 
 from core.model import Model
 from dist.update import bucket_ranges
-from tests.dist_helpers import SMALL_LAYERS, rel_diff, run_job, small_run_args, start_job, theta_of
-from tests.test_dist_resume import kill_after_first_checkpoint
+from tests.dist_helpers import SMALL_LAYERS, rel_diff, run_job, small_run_args, theta_of
+from tests.test_dist_resume import full_and_killed_then_resumed
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -74,12 +74,7 @@ def test_overlapped_update_matches_the_allreduce_update(mnist_h5, tmp_path):
 
 def test_killed_and_resumed_overlapped_run_is_bitwise_identical(mnist_h5, tmp_path):
     extra = (*OVERLAPPED, "--set", "run.checkpoint_every=5", "--set", "run.keep_last=50")
-    full = run_job(2, small_run_args(mnist_h5, tmp_path, "full", *extra), timeout=180)
-    assert full.returncode == 0, full.stderr
-    job = start_job(2, small_run_args(mnist_h5, tmp_path, "killed", *extra))
-    kill_after_first_checkpoint(job, tmp_path / "killed")
-    resumed = run_job(2, ["--resume", str(tmp_path / "killed")], timeout=180)
-    assert resumed.returncode == 0, resumed.stderr
+    resumed = full_and_killed_then_resumed(mnist_h5, tmp_path, *extra)
     assert "overlapped update" in resumed.stdout
     assert theta_of(tmp_path / "killed" / FINAL).tobytes() == \
         theta_of(tmp_path / "full" / FINAL).tobytes()

@@ -9,6 +9,7 @@ import shutil
 import signal
 import time
 
+import h5py
 import pytest
 
 from tests.dist_helpers import rel_diff, run_job, small_run_args, start_job, theta_of
@@ -27,6 +28,18 @@ def kill_after_first_checkpoint(job, run_dir, timeout=120):
     os.killpg(job.pid, signal.SIGKILL)
     job.wait(timeout=30)
     assert not (run_dir / "final.json").exists(), "the run finished before it could be killed"
+
+
+def full_and_killed_then_resumed(mnist_h5, tmp_path, *extra: str):
+    """Train `full` uninterrupted and `killed` killed at its first checkpoint, then resume
+    `killed` (2 ranks each); returns the resumed job's result."""
+    full = run_job(2, small_run_args(mnist_h5, tmp_path, "full", *extra), timeout=180)
+    assert full.returncode == 0, full.stderr
+    job = start_job(2, small_run_args(mnist_h5, tmp_path, "killed", *extra))
+    kill_after_first_checkpoint(job, tmp_path / "killed")
+    resumed = run_job(2, ["--resume", str(tmp_path / "killed")], timeout=180)
+    assert resumed.returncode == 0, resumed.stderr
+    return resumed
 
 
 def test_killed_and_resumed_run_is_bitwise_identical(mnist_h5, tmp_path):
@@ -48,6 +61,22 @@ def test_killed_and_resumed_run_is_bitwise_identical(mnist_h5, tmp_path):
     one = run_job(1, ["--resume", str(tmp_path / "killed-1rank")], timeout=180)
     assert one.returncode == 0, one.stderr
     assert rel_diff(theta_of(tmp_path / "killed-1rank" / "ckpt-e002-s00000.h5"), reference) < 1e-5
+
+
+def test_killed_and_resumed_run_with_the_new_switches_is_bitwise_identical(mnist_h5, tmp_path):
+    # Elastic distortion, the moving average of the weights and a cyclic schedule with its
+    # snapshots: all are functions of the counters and of what the checkpoint saves.
+    extra = (*EXTRA, "--set", "data.augment=true", "--set", "data.elastic_alpha=34",
+             "--set", "data.elastic_sigma=4", "--set", "optim.ema_decay=0.9",
+             "--set", "schedule.kind=cyclic", "--set", "schedule.cycles=2")
+    full_and_killed_then_resumed(mnist_h5, tmp_path, *extra)
+    for name in ("ckpt-e002-s00000.h5", "snapshot-c01.h5", "snapshot-c02.h5"):
+        with h5py.File(tmp_path / "full" / name, "r") as a, \
+                h5py.File(tmp_path / "killed" / name, "r") as b:
+            for array in ("theta", "state", "ema_theta", "ema_state"):
+                if array in a:
+                    assert a[array][...].tobytes() == b[array][...].tobytes(), (name, array)
+            assert ("ema_theta" in a) == (name.startswith("ckpt"))   # snapshots: the average
 
 
 def test_resume_continues_metrics_and_keeps_best(mnist_h5, tmp_path):

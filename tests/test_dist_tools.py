@@ -123,6 +123,9 @@ def test_ensemble_of_two_presets_trains_each_member_with_its_own(mnist_h5, tmp_p
     ("0", [], "--members 0: must be >= 1"),
     ("cnn:1,mlp:1", ["--preset", "cnn"], "--preset cnn: with --members cnn:1,mlp:1 the presets are named in --members"),
     ("cnn:1,nosuch:1", [], "--preset nosuch: no such preset"),
+    ("2", ["--snapshots"], "--snapshots: preset 'cnn' has schedule.kind='cosine'; snapshots "
+                           "come from --set schedule.kind=cyclic"),
+    ("2", ["--snapshots", "-1"], "--snapshots -1: must be >= 0"),
 ])
 def test_ensemble_refuses_bad_members_in_one_line(tmp_path, members, extra, message):
     out = run_job(2, ["--members", members, "--name", "bad", *extra,
@@ -269,3 +272,47 @@ def test_members_left_to_train_are_dealt_evenly_over_the_groups(tmp_path):
     assert member_progress(member, 12) == (7, 2)
     (member / "final.json").write_text("{}")
     assert member_progress(member, 12) == (0, None)
+
+
+def test_snapshot_ensemble_on_validation_only_then_its_one_test_figure(mnist_h5, tmp_path):
+    # Two members of one rank each, each a cyclic run of 2 cycles (a snapshot at the end of
+    # each epoch), with the moving average on and the test set off: 4 models averaged on the
+    # validation split only. Then the same command with the test set on combines the same
+    # members (kept, not retrained), here only the last snapshot of each.
+    args = ["--members", "2", "--name", "snap", "--snapshots",
+            *small_run_args(mnist_h5, tmp_path, "ignored", "--set", "schedule.kind=cyclic",
+                            "--set", "schedule.cycles=2", "--set", "optim.ema_decay=0.9",
+                            "--set", "train.report_test=false")]
+    out = run_job(2, args, module="dist.ensemble")
+    assert out.returncode == 0, out.stderr
+    folder = tmp_path / "snap"
+    result = json.loads((folder / "ensemble.json").read_text())
+    models = [f"member-{m}/snapshot-c0{c}.h5" for m in range(2) for c in (1, 2)]
+    assert result["models"] == models and "test" not in result and result["wall_seconds"] > 0
+    for m in range(2):
+        final = json.loads((folder / f"member-{m}" / "final.json").read_text())
+        metrics = [json.loads(line) for line in
+                   (folder / f"member-{m}" / "metrics.jsonl").read_text().splitlines()]
+        assert final["test_acc"] is None and all(r["test_acc"] is None for r in metrics)
+        # The snapshots are the averaged weights of the run at each cycle's end, and what the
+        # run validated at that epoch.
+        for epoch, record in enumerate(metrics, 1):
+            model, ckpt = model_from_checkpoint(folder / f"member-{m}" / f"snapshot-c0{epoch}.h5")
+            assert ckpt.kind == "model" and ckpt.epoch == epoch
+            val = evaluate(model, *read_split(mnist_h5, "val", 0, 1000)[:2], "xent")
+            assert val["acc"] == record["val_acc"] and "raw_val_acc" in record
+    images, labels, _ = read_split(mnist_h5, "val", 0, 1000)
+    from dist.evaluate import predict_scores, scores_to_proba
+    probas = [scores_to_proba(predict_scores(model_from_checkpoint(folder / name)[0], images),
+                              "xent") for name in models]
+    expected = (np.mean(probas, axis=0).argmax(1) == labels).mean()
+    assert result["val"]["ensemble"] == pytest.approx(expected, abs=1e-12)
+
+    again = [a.replace("train.report_test=false", "train.report_test=true") for a in args]
+    out = run_job(2, [*again[:again.index("--snapshots") + 1], "1",
+                      *again[again.index("--snapshots") + 1:]], module="dist.ensemble")
+    assert out.returncode == 0, out.stderr
+    assert "member 0: already trained, kept" in out.stdout
+    result = json.loads((folder / "ensemble.json").read_text())
+    assert result["models"] == ["member-0/snapshot-c02.h5", "member-1/snapshot-c02.h5"]
+    assert "test" in result and "test accuracy" in out.stdout
