@@ -66,13 +66,17 @@ def test_signal_stops_with_a_checkpoint_and_resume_is_bitwise(mnist_h5, tmp_path
 
 
 def test_second_signal_aborts_at_once(mnist_h5, tmp_path):
-    """Both Ctrl-C land before the first step boundary (config.json is written before the
-    epoch's shard is read and a first step of 2000 images is taken): no stop, an abort."""
+    """Both Ctrl-C land before the first step boundary: no stop, an abort. The first step is
+    made long (a 5x5 convolution to 48 channels on 8000 images, seconds on one core, in many
+    short numpy calls, so each signal's handler runs soon after it arrives), and the signals
+    are 0.2 s apart: two signals that arrive inside one long C call would count as one."""
+    wide = '[{type="conv",out=48,kernel=5,pad=2},{type="relu"},{type="flatten"},{type="dense",out=10}]'
     job = start_job(1, small_run_args(mnist_h5, tmp_path, "run", *LONGER,
-                                      "--set", "train.batch_size=2000"))
+                                      "--set", "train.batch_size=8000",
+                                      "--set", f"model.layers={wide}"))
     wait_for(tmp_path / "run" / "config.json", job)
     job.send_signal(signal.SIGINT)
-    time.sleep(0.02)
+    time.sleep(0.2)
     job.send_signal(signal.SIGINT)
     out, err = job.communicate(timeout=30)
     assert job.returncode == 130, err
