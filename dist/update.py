@@ -91,9 +91,29 @@ import numpy as np
 from core.optim import SGD
 from dist.comm import Comm
 
+def sum_slice(shared, sl: slice, out: np.ndarray) -> None:
+    """out = the sum over the window's ranks of their vector's slice ``sl``, in rank order
+    (the same sum every time, whatever the timing)."""
+    first, *others = shared.vectors
+    np.copyto(out, first[sl])
+    for other in others:
+        out += other[sl]
+
+
+def copy_published_slices(shared, me: int, theta: np.ndarray, counts, displs) -> None:
+    """Each other rank q published its updated slice of theta at the end of its vector
+    (after the gradient's P floats): copy it into place. theta is whole again."""
+    p = theta.size
+    for rank, other in enumerate(shared.vectors):
+        if rank != me:
+            lo, n = int(displs[rank]), int(counts[rank])
+            theta[lo:lo + n] = other[p:p + n]
+
+
 class AllreduceUpdate:
     """Allreduce the whole gradient, then every rank updates every parameter."""
     transport = "allreduce"
+    shared = None                 # a shared-memory window, for the kinds that use one
 
     def __init__(self, comm: Comm, theta: np.ndarray, grad: np.ndarray, opt: SGD):
         self.comm, self.theta, self.grad, self.opt = comm, theta, grad, opt
@@ -135,7 +155,11 @@ class AllreduceUpdate:
         return bool(np.isfinite(self.theta.min()) and np.isfinite(self.theta.max()))
 
     def close(self) -> None:
-        pass
+        """Free the shared-memory window, if any (collective: every rank, once, before MPI
+        finalizes)."""
+        if self.shared is not None:
+            self.shared.free()
+            self.shared = None
 
 
 class ShardedUpdate(AllreduceUpdate):
@@ -169,27 +193,16 @@ class SharedMemoryUpdate(ShardedUpdate):
         self.shared = comm.shared_vectors(theta.size + int(self.counts.max()), theta.dtype)
 
     def reduce_gradient(self) -> None:
-        p, vectors = self.grad.size, self.shared.vectors
+        p = self.grad.size
         self.shared.mine[:p] = self.grad
         self.shared.sync()                              # every rank's gradient is in place
-        np.copyto(self.my_grad, vectors[0][self.lo:self.hi])
-        for other in vectors[1:]:                       # rank order: the same sum every time
-            self.my_grad += other[self.lo:self.hi]
+        sum_slice(self.shared, slice(self.lo, self.hi), self.my_grad)
 
     def gather_parameters(self) -> None:
         p = self.theta.size
         self.shared.mine[p:p + self.hi - self.lo] = self.theta[self.lo:self.hi]
         self.shared.sync()                              # every rank's new slice is in place
-        for rank, other in enumerate(self.shared.vectors):
-            if rank != self.comm.rank:
-                lo, n = int(self.displs[rank]), int(self.counts[rank])
-                self.theta[lo:lo + n] = other[p:p + n]
-
-    def close(self) -> None:
-        """Free the window (collective: every rank, once, before MPI finalizes)."""
-        if self.shared is not None:
-            self.shared.free()
-            self.shared = None
+        copy_published_slices(self.shared, self.comm.rank, self.theta, self.counts, self.displs)
 
 
 def bucket_ranges(layer_offsets, size: int, bucket_bytes: float,
@@ -259,10 +272,7 @@ class HierarchicalUpdate(AllreduceUpdate):
     def reduce_gradient(self) -> None:
         self.shared.mine[:self.grad.size] = self.grad
         self.shared.sync()                                  # the host's gradients are in place
-        first, *others = self.shared.vectors
-        np.copyto(self.host_sum, first[self.slice])
-        for other in others:                                # local-rank order: a fixed sum
-            self.host_sum += other[self.slice]
+        sum_slice(self.shared, self.slice, self.host_sum)   # local-rank order: a fixed sum
         self.across.reduce_scatter_sum(self.host_sum, self.my_grad, self.counts)
 
     def gather_parameters(self) -> None:
@@ -270,19 +280,12 @@ class HierarchicalUpdate(AllreduceUpdate):
         p, n = self.theta.size, self.slice.stop - self.slice.start
         self.shared.mine[p:p + n] = self.theta[self.slice]
         self.shared.sync()                                  # every local slice is in place
-        for rank, other in enumerate(self.shared.vectors):
-            if rank != self.node.rank:
-                lo, n = int(self.host_displs[rank]), int(self.host_counts[rank])
-                self.theta[lo:lo + n] = other[p:p + n]
+        copy_published_slices(self.shared, self.node.rank, self.theta, self.host_counts,
+                              self.host_displs)
 
     def gather(self, vector: np.ndarray) -> None:
         self.across.allgather_(vector[self.slice], self.counts, self.displs)
         self.node.allgather_(vector, self.host_counts, self.host_displs)
-
-    def close(self) -> None:
-        if self.shared is not None:
-            self.shared.free()
-            self.shared = None
 
 
 def make_update(comm: Comm, theta: np.ndarray, grad: np.ndarray, opt: SGD,
