@@ -4,6 +4,7 @@
     mpirun -n 4 python -m dist.ensemble --members 2 --preset best   # 2 groups of 2 ranks
     python -m dist.ensemble --members 3 --preset mlp                 # one process, in turn
     mpirun -n 2 python -m dist.ensemble --members best:6,best-pool:4 # members of two presets
+    mpirun -n 2 python -m dist.ensemble --members 3 --ranks-per-member 2   # in turn, 2 ranks each
 
 The ranks are split into groups (``MPI_Comm_Split``); each group is an ordinary data-parallel
 trainer (``dist.train.main`` on the group's communicator) with its own seed, ``train.seed + m``
@@ -11,7 +12,9 @@ for member m, writing ``runs/<name>/member-<m>/``. ``--members K`` gives K membe
 ``--preset``; ``--members best:6,best-pool:4`` gives members 0-5 of ``best`` and 6-9 of
 ``best-pool``: members of different networks may disagree more often, which is what an average
 needs (for these two it did not pay off: launch/docs/results.md). With fewer ranks than members a
-group trains several members one after another. The members still to train are dealt out by
+group trains several members one after another. ``--ranks-per-member R`` fixes the group size
+instead: every member then trains on R ranks, so each one takes the wall time a single
+`dist.train` on R ranks would (what a per-model time budget measures). The members still to train are dealt out by
 the epochs they need, so that kept members do not leave a group idle while another trains
 several; a half-trained member goes to a group of as many ranks as it started on, and resumes
 bitwise. Since every member is world-size invariant, member m's weights do not depend on how
@@ -256,10 +259,16 @@ def main(world: Comm, argv=None) -> int:
     parser.add_argument("--members", required=True, metavar="K | NAME:K,NAME:K",
                         help="number of models K (of --preset), or models per preset")
     parser.add_argument("--name", default="", help="run folder name (default: a timestamp)")
+    parser.add_argument("--ranks-per-member", type=int, default=0, metavar="R",
+                        help="ranks in each member's group (default: the ranks spread over "
+                             "the members, at least one each)")
     parser.add_argument("--snapshots", type=int, nargs="?", const=0, metavar="K",
                         help="average each member's cycle-end snapshots (schedule.kind = "
                              "'cyclic') instead of its best.h5; K: only the last K")
     args, train_argv = parser.parse_known_args(argv)
+    per_member = args.ranks_per_member
+    world.agree(per_member == 0 or (per_member > 0 and world.size % per_member == 0),
+                f"--ranks-per-member {per_member}: must divide the job's {world.size} ranks")
     world.agree(args.snapshots is None or args.snapshots >= 0,
                 f"--snapshots {args.snapshots}: must be >= 0 (0 or nothing = all)")
     preset_args = train.parse_args(train_argv)
@@ -288,7 +297,7 @@ def main(world: Comm, argv=None) -> int:
                                             cfg.train.seed + m))] if world.is_root else []
     world.agree(not problems, problems[0] if problems else "")
 
-    groups = min(len(presets), world.size)
+    groups = min(len(presets), world.size // per_member if per_member else world.size)
     group = world.rank * groups // world.size          # contiguous blocks of ranks
     comm = world.split(group)  # threads per rank as in the whole job, see Comm.split
     # Which group trains which member. Rank 0 reads how many epochs each member still needs

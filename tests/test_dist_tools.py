@@ -126,6 +126,7 @@ def test_ensemble_of_two_presets_trains_each_member_with_its_own(mnist_h5, tmp_p
     ("2", ["--snapshots"], "--snapshots: preset 'cnn' has schedule.kind='cosine'; snapshots "
                            "come from --set schedule.kind=cyclic"),
     ("2", ["--snapshots", "-1"], "--snapshots -1: must be >= 0"),
+    ("2", ["--ranks-per-member", "3"], "--ranks-per-member 3: must divide the job's 2 ranks"),
 ])
 def test_ensemble_refuses_bad_members_in_one_line(tmp_path, members, extra, message):
     out = run_job(2, ["--members", members, "--name", "bad", *extra,
@@ -134,6 +135,18 @@ def test_ensemble_refuses_bad_members_in_one_line(tmp_path, members, extra, mess
     assert out.returncode == 2 and len(lines) == 1, (out.returncode, lines)
     assert lines[0].startswith(f"error: {message}"), lines
     assert not (tmp_path / "bad").exists()
+
+
+def test_ranks_per_member_trains_every_member_on_the_whole_job(mnist_h5, tmp_path):
+    # Two members, two ranks: by default two groups of one rank train side by side; with
+    # --ranks-per-member 2 one group of both ranks trains them in turn.
+    out = run_job(2, ["--members", "2", "--name", "ens", "--ranks-per-member", "2",
+                      *small_run_args(mnist_h5, tmp_path, "ignored")], module="dist.ensemble")
+    assert out.returncode == 0, out.stderr
+    assert "groups of ranks" not in out.stdout
+    for m in (0, 1):
+        with h5py.File(tmp_path / "ens" / f"member-{m}" / "best.h5", "r") as f:
+            assert int(f.attrs["world_size"]) == 2
 
 
 def test_ensemble_members_must_share_their_data_split_and_seeds():
