@@ -26,7 +26,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from core.layers import Layer, REQUIRED, column_sum, per_channel
-from core.parallel import run_chunks
+from core.parallel import run_chunks, split_rows
 
 
 def _windows(x, kh, kw, stride, ho, wo):
@@ -147,7 +147,9 @@ class Conv2D(Layer, _Buffers):
             cols_t = self._im2col_one_channel(xp, "cols_t" if train else "cols_t_eval")
             w_b = self._buffer("w_b", (kdim + 1, self.out), x.dtype)
             w_b[:kdim], w_b[kdim] = W2, self.b                     # [W; b] (kh*kw + 1, Cout)
-            np.matmul(cols_t.T, w_b, out=y)                        # (N, kh*kw + 1) @ [W; b]
+            run_chunks(lambda worker, i, j, first: np.matmul(       # on every core:
+                cols_t.T[i * hw:j * hw], w_b, out=y[i * hw:j * hw]),  # (n*Ho*Wo, kh*kw + 1)
+                split_rows(b))                                     #   @ [W; b]
             return y.reshape(b, self.ho, self.wo, self.out)
         chunks, self._chunk_n = self._chunks(b, self.ho, self.wo, kdim)
         bias = per_channel(self.b, hw)                             # (Ho*Wo*Cout,)
@@ -169,7 +171,13 @@ class Conv2D(Layer, _Buffers):
         if c == 1:                                                 # forward's cols, kept
             cols_t = self._buffer("cols_t", (kdim + 1, b, ho, wo), dy.dtype).reshape(kdim + 1, -1)
             dw_db = self._buffer("dw_db", (kdim + 1, self.out), dy.dtype)
-            np.matmul(cols_t, dy2, out=dw_db)                      # (K + 1, N) @ (N, Cout)
+
+            def rows(worker, i, j, first):                         # one sum per worker
+                part = dw_db if worker == 0 else self._buffer(f"dw_db{worker}", dw_db.shape,
+                                                              dw_db.dtype)
+                np.matmul(cols_t[:, i * hw:j * hw], dy2[i * hw:j * hw], out=part)
+            for worker in range(1, run_chunks(rows, split_rows(b))):   # (K + 1, n) @ (n, Cout)
+                dw_db += self._buffer(f"dw_db{worker}", dw_db.shape, dw_db.dtype)
             dW[...], self.db[...] = dw_db[:kdim], dw_db[kdim]      # [dW; db]
         else:
             chunks, self._chunk_n = self._chunks(b, ho, wo, kdim)

@@ -26,6 +26,8 @@ and the type registry in core/spec.py.  Tested by tests/test_core_gradcheck.py.
 """
 import numpy as np
 
+from core.parallel import run_chunks, split_rows
+
 REQUIRED = object()   # marker in KEYS: the spec must give this key
 _ONES = {}            # (n, dtype) -> a vector of n ones, for column_sum
 
@@ -124,16 +126,33 @@ class Dense(Layer):
     def fans(self):
         return self.input_shape[0], self.out
 
-    def forward(self, x, train):
-        y = np.matmul(x, self.W)             # (B, F) @ (F, O) -> (B, O)
-        y += self.b
+    # The rows (samples) are split over the process's cores (core/parallel.py): each worker
+    # multiplies its own rows with one BLAS thread, so BLAS's own thread pool never runs.
+    def forward(self, x, train):             # x (B, F)
+        y = np.empty((len(x), self.out), x.dtype)
+
+        def rows(worker, i, j, first):
+            np.matmul(x[i:j], self.W, out=y[i:j])   # (n, F) @ (F, O) -> (n, O)
+            y[i:j] += self.b
+        run_chunks(rows, split_rows(len(x)))
         self.x = x if train else None
         return y
 
     def backward(self, dy):                  # dy (B, O)
-        np.matmul(self.x.T, dy, out=self.dW)  # (F, B) @ (B, O) -> (F, O)
+        dx = np.empty(self.x.shape, dy.dtype) if self.need_dx else None
+        parts = self.__dict__.setdefault("_dW_parts", {})   # worker -> its (F, O) sum
+
+        def rows(worker, i, j, first):
+            dW = self.dW if worker == 0 else parts.get(worker)
+            if dW is None or dW.shape != self.dW.shape:
+                dW = parts[worker] = np.empty_like(self.dW)
+            np.matmul(self.x[i:j].T, dy[i:j], out=dW)     # (F, n) @ (n, O) -> (F, O)
+            if dx is not None:
+                np.matmul(dy[i:j], self.W.T, out=dx[i:j])  # (n, O) @ (O, F) -> (n, F)
+        for worker in range(1, run_chunks(rows, split_rows(len(dy)))):
+            self.dW += parts[worker]          # in worker order: bitwise repeatable
         column_sum(dy, out=self.db)           # (O,)
-        return np.matmul(dy, self.W.T) if self.need_dx else None   # (B, O) @ (O, F) -> (B, F)
+        return dx
 
 
 class ReLU(Layer):

@@ -23,6 +23,8 @@ import numbers
 
 import numpy as np
 
+from core.parallel import run_chunks
+
 
 class SGD:
     BLOCK = 2 ** 16   # elements per block of the update: 4 arrays x 256 KB ~ the L2 cache
@@ -62,11 +64,14 @@ class SGD:
                              f"it, got {theta.shape} and {grad.shape} at offset {lo}")
         # Blocks of BLOCK elements: the eight passes below then read and write a block that
         # stays in the L2 cache, instead of streaming the whole arena from memory eight times.
-        for start in range(lo, hi, self.BLOCK):
-            stop = min(start + self.BLOCK, hi)
+        # The blocks go to the process's cores (core/parallel.py); each block's arithmetic is
+        # the same whichever core does it, so the result does not depend on the core count.
+        def block(worker, start, stop, first):
             self._update(theta[start:stop], grad[start - lo:stop - lo], self.velocity[start:stop],
                          self._scratch[start:stop],
                          self._decay[start:stop] if self.weight_decay else None, lr)
+        run_chunks(block, [(start, min(start + self.BLOCK, hi))
+                           for start in range(lo, hi, self.BLOCK)])
 
     def _update(self, theta, grad, v, g, decay, lr):
         dt = self.dtype.type

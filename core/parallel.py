@@ -4,20 +4,23 @@ Why it exists.  A process given 2 BLAS threads (1 process x 2 threads) used its 
 inside the matrix products; the im2col copies, the batch-norm passes and every other numpy
 operation ran on one core while the other waited -- about half of a step of the best preset.
 numpy releases the GIL inside copies, elementwise operations and BLAS calls, so threads that
-each take every other chunk of samples keep all the cores busy with all of the work.  While
-they run, BLAS does one thread per caller: its own threads would only compete with ours (and
-OpenBLAS's threads synchronise badly on a loaded machine: measured on best's 3x3 convolution,
-im2col + GEMM with 2 BLAS threads took 1.4x as long as 2 Python threads of 1 BLAS thread each).
+each take every other chunk of samples keep all the cores busy with all of the work.
 
-The number of workers is the number of BLAS threads the process was given (threadpoolctl's
-limit, as dist.train and launch.bench set it): 1 in a 2-ranks x 1-thread launch, where
-everything stays serial and unchanged.
+Why BLAS stays on one thread.  OpenBLAS's own threads do not go to sleep when a call ends: they
+spin, waiting for the next call, for up to ~2^28 cycles (~0.1 s).  Any product left to them (a
+dense layer, a bias's column sum) leaves a spinning thread that takes a core from our workers
+for the next tenth of a second -- which is always.  So `use_cores(n)` gives a process n workers
+and sets BLAS to one thread per caller for good: every product runs inside a worker, on the
+worker's rows (`split_rows`, `run_chunks`), and BLAS's pool is never woken.  Without
+`use_cores` (a library caller), the workers are BLAS's thread count, and BLAS is held at one
+thread only while the workers run.
 
 Determinism: worker w always takes chunks w, w + n, w + 2n, ... (n workers), and a caller that
 sums over chunks keeps one partial sum per worker and adds them in worker order, so a run is
 bitwise repeatable for a given thread count (tests/test_core_fast_paths.py).
 
-    from core.parallel import run_chunks
+    from core.parallel import run_chunks, use_cores
+    use_cores(2)                                   # or: with use_cores(2): ...
     run_chunks(lambda w, i, j, first: ..., [(0, 4), (4, 8), ...])
 """
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +30,7 @@ from threadpoolctl import ThreadpoolController
 
 _BLAS = []            # [the BLAS library's threadpoolctl controller, or None]; found once
 _POOL = {}            # workers -> ThreadPoolExecutor, made once
+_CORES = [None]       # [cores given by use_cores], or [None]: BLAS's thread count
 
 
 def _blas():
@@ -36,10 +40,44 @@ def _blas():
     return _BLAS[0]
 
 
+class use_cores:
+    """This process uses n cores: n workers split every layer, BLAS runs on one thread per
+    caller.  Lasts until `restore()`, or to the end of a `with` block (as threadpoolctl's
+    threadpool_limits does)."""
+
+    def __init__(self, n: int):
+        blas = _blas()
+        self._saved = _CORES[0], (blas.num_threads if blas is not None else None)
+        _CORES[0] = max(1, int(n))
+        if blas is not None:
+            blas.set_num_threads(1)
+
+    def restore(self):
+        _CORES[0], threads = self._saved
+        if threads is not None:
+            _blas().set_num_threads(threads)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.restore()
+
+
 def workers():
-    """How many threads a layer may use: the BLAS thread count of this process (~1 us)."""
+    """How many threads a layer may use: use_cores's n, else BLAS's thread count (~1 us)."""
+    if _CORES[0] is not None:
+        return _CORES[0]
     blas = _blas()
     return max(1, blas.num_threads) if blas is not None else 1
+
+
+def split_rows(rows: int):
+    """One (start, stop) range of rows per worker, as even as can be: for products whose
+    operands are already rows (dense layers), where one chunk per worker is enough."""
+    n = max(1, min(workers(), rows))
+    edges = [rows * w // n for w in range(n + 1)]
+    return [(edges[w], edges[w + 1]) for w in range(n)]
 
 
 def run_chunks(work, chunks):
@@ -52,8 +90,9 @@ def run_chunks(work, chunks):
             work(0, i, j, k == 0)
         return 1
     blas = _blas()
-    threads = blas.num_threads
-    blas.set_num_threads(1)
+    threads = blas.num_threads if blas is not None else 1
+    if threads > 1:
+        blas.set_num_threads(1)       # only without use_cores: see the module docstring
     try:
         pool = _POOL.get(n) or _POOL.setdefault(n, ThreadPoolExecutor(n - 1))
         others = [pool.submit(_worker, work, w, chunks[w::n]) for w in range(1, n)]
@@ -62,7 +101,8 @@ def run_chunks(work, chunks):
         finally:
             errors = [f.exception() for f in others]      # waits for every worker
     finally:
-        blas.set_num_threads(threads)
+        if threads > 1:
+            blas.set_num_threads(threads)
     for error in errors:
         if error is not None:
             raise error

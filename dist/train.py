@@ -31,7 +31,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from core.deskew import deskew_raw, deskews_before_augment
@@ -40,6 +39,7 @@ from core.keyed_random import keyed_uniform, sample_keys
 from core.losses import LOSSES
 from core.model import Model
 from core.optim import SGD
+from core.parallel import use_cores
 from core.schedules import make_schedule
 from data.augment import random_affine
 from data.hdf5 import open_mnist
@@ -319,7 +319,7 @@ class RootWork:
         """Evaluate, update the best, checkpoint, log. Returns True to stop early."""
         cfg, epoch = self.cfg, progress.epoch       # the epoch just completed
         model, has_val = self.the_model(), len(self.val_set[1]) > 0
-        with threadpool_limits(self.comm.root_threads):  # the other ranks sleep meanwhile
+        with use_cores(self.comm.root_threads):  # the other ranks sleep meanwhile
             val = evaluate(model, *self.val_set[:2], cfg.model.loss) if has_val else None
             # With a moving average, the raw weights' validation figures too: whether the
             # average helps is decided on them (launch/docs/protocol-20.md, D1).
@@ -363,7 +363,7 @@ class RootWork:
                 best = ck.numbered_checkpoints(self.run_dir)[-1]
                 print(f"note: {self.run_dir}/best.h5 is missing; reporting {best.name}")
             best_model, _ = model_from_checkpoint(best, self.fingerprint)
-            with threadpool_limits(self.comm.root_threads):
+            with use_cores(self.comm.root_threads):
                 test = evaluate(best_model, *self.test_set[:2], self.cfg.model.loss)
         rundir.write_final(self.run_dir, {
             "run": str(self.run_dir), "best_epoch": progress.best_epoch,
@@ -415,7 +415,7 @@ def setup(comm: Comm, args) -> Run:
     start_time, graceful = time.perf_counter(), GracefulStop(comm)
     cfg, resume = configure(comm, args)
     threads = cfg.run.threads or comm.cores_per_rank
-    threadpool_limits(threads)
+    use_cores(threads)  # our threads split each layer; BLAS on one (core/parallel.py)
     # Overflow shows up as a non-finite gradient, which the loop reports in one clear line
     # (and --debug pins to a layer); numpy's per-operation warnings would only add noise.
     np.seterr(over="ignore", invalid="ignore", divide="ignore")

@@ -61,6 +61,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 from core.losses import LOSSES
 from core.model import Model
+from core.parallel import use_cores
 from data.errors import DataError
 from data.prepare import ensure_dataset
 from data.shards import read_epoch_shard, read_split
@@ -241,7 +242,7 @@ def eval_speed(comm: Comm, model: Model, data_path: str, cfg, n: int) -> float |
     if comm.is_root and n > 0:
         images, labels, _ = read_split(data_path, "val", cfg.data.split_seed, cfg.data.val_size)
         images, labels = images[:n], labels[:n]
-        with threadpool_limits(len(os.sched_getaffinity(0))):
+        with use_cores(len(os.sched_getaffinity(0))):
             evaluate(model, images[:100], labels[:100], cfg.model.loss)      # warm-up
             t = time.perf_counter()
             evaluate(model, images, labels, cfg.model.loss)
@@ -278,7 +279,8 @@ def run_here(args) -> dict | None:
         # limit for all rows: on a shared machine one measurement can land in a slow moment.
         peak = gemm_peak(comm, repeats=2 if args.quick else 5)
         for name in args.presets:
-            rows.append(bench_preset(comm, name, data_path, threads, args))
+            with use_cores(threads):       # as dist.train runs: BLAS on one thread per worker
+                rows.append(bench_preset(comm, name, data_path, threads, args))
             peak = max(peak, gemm_peak(comm, repeats=2 if args.quick else 5))
         for row in rows:
             row.update(peak_gflops=peak, pct_peak=100 * row["gflops"] / peak,
@@ -368,7 +370,7 @@ def layer_times(name: str, threads: int, repeats: int) -> list[dict]:
             best[i, phase] = min(best[i, phase], time.perf_counter() - t)
         return out
 
-    with threadpool_limits(threads, user_api="blas"):
+    with use_cores(threads):
         for r in range(repeats + 1):                               # the first run warms up
             h = x
             for i, layer in enumerate(model.layers):

@@ -121,13 +121,16 @@ SMALL_CNN = [{"type": "conv", "out": 6, "kernel": 3, "pad": 1}, {"type": "maxpoo
              {"type": "dense", "out": 10}]
 
 
+@pytest.mark.parametrize("cores", ["use_cores", "threadpool_limits"])
 @pytest.mark.parametrize("spec", [SMALL_BEST, SMALL_CNN], ids=["best", "cnn"])
-def test_layers_on_two_threads_equal_one_thread(monkeypatch, spec):
-    # core/parallel.py: with 2 BLAS threads, conv, batch norm and max-pool split their samples
-    # over 2 Python threads.  Forward and dx are the same numbers (every chunk is computed as
-    # alone); dW sums per-worker partials, so it agrees to float32 rounding, and a threaded
-    # run repeats itself bitwise.
+def test_layers_on_two_threads_equal_one_thread(monkeypatch, spec, cores):
+    # core/parallel.py: with 2 cores (dist.train's use_cores, or a library caller's 2 BLAS
+    # threads), conv, batch norm, max-pool and dense split their samples over 2 Python
+    # threads.  The outputs agree to float32 rounding (a dense layer's product of 6 rows may
+    # round differently from the same rows inside a product of 12, and dW sums per-worker
+    # partials), and a threaded run repeats itself bitwise.
     from threadpoolctl import threadpool_limits
+    from core.parallel import use_cores
     from core.conv import Conv2D, MaxPool2D
     from core.keyed_random import keyed_noise
     from core.losses import softmax_cross_entropy
@@ -142,12 +145,33 @@ def test_layers_on_two_threads_equal_one_thread(monkeypatch, spec):
 
     def step(threads):
         model = Model(spec, (14, 14, 1), seed=1)
-        with threadpool_limits(threads, user_api="blas"):
+        with (use_cores(threads) if cores == "use_cores"
+              else threadpool_limits(threads, user_api="blas")):
             out = model.forward(x, True, noise)
             model.backward(softmax_cross_entropy(out, labels, 12)[1])
         return out.copy(), model.grad.copy()
 
     one, two, again = step(1), step(2), step(2)
-    np.testing.assert_array_equal(two[0], one[0])
+    np.testing.assert_allclose(two[0], one[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(two[1], one[1], rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(again[0], two[0])
     np.testing.assert_array_equal(again[1], two[1])
+
+
+def test_use_cores_gives_the_workers_and_keeps_blas_on_one_thread():
+    # dist.train's setting (core/parallel.py): n workers for the layers, BLAS on one thread
+    # for good (its own pool would spin beside our workers), and both restored afterwards.
+    from threadpoolctl import threadpool_info, threadpool_limits
+    from core.parallel import use_cores, workers
+
+    def blas_threads():
+        return next(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+
+    with threadpool_limits(2, user_api="blas"):
+        assert workers() == 2 and blas_threads() == 2
+        with use_cores(3):
+            assert workers() == 3 and blas_threads() == 1
+            with use_cores(1):
+                assert workers() == 1 and blas_threads() == 1
+            assert workers() == 3 and blas_threads() == 1
+        assert workers() == 2 and blas_threads() == 2
