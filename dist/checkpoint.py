@@ -365,9 +365,10 @@ def _attributes(path: Path, a: dict) -> dict:
     return out
 
 
-def model_weights(ckpt: Checkpoint) -> tuple[np.ndarray, np.ndarray]:
-    """(theta, state) of the model a checkpoint holds: the moving average if it has one."""
-    if ckpt.ema_theta is not None:
+def model_weights(ckpt: Checkpoint, raw: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(theta, state) of the model a checkpoint holds: the moving average if it has one
+    (unless `raw`: the trained weights themselves)."""
+    if ckpt.ema_theta is not None and not raw:
         return ckpt.ema_theta, ckpt.ema_state
     return ckpt.theta, ckpt.state
 
@@ -381,10 +382,11 @@ def model_source(path: str | Path) -> Path:
     return resolve_checkpoint(path)
 
 
-def export_model(source: str | Path, out: str | Path) -> Checkpoint:
+def export_model(source: str | Path, out: str | Path, raw: bool = False) -> Checkpoint:
     """Write the compact model file of a checkpoint or run folder: the model's float32
-    weights and batch-norm statistics (the moving average's when there is one), its config,
-    spec and data fingerprint; no optimizer state. Refuses to overwrite the source."""
+    weights and batch-norm statistics (the moving average's when there is one, unless `raw`),
+    its config, spec and data fingerprint; no optimizer state. Refuses to overwrite the
+    source."""
     src = model_source(source)
     ckpt = load_checkpoint(src, resumable=False)
     out = Path(out)
@@ -392,15 +394,15 @@ def export_model(source: str | Path, out: str | Path) -> Checkpoint:
         raise ExpectedError(f"{out}: is the checkpoint being exported; choose another name")
     if not out.parent.is_dir():
         raise ExpectedError(f"{out}: folder {out.parent} does not exist")
-    model = as_model(ckpt, out, ckpt.source or str(src))
+    model = as_model(ckpt, out, ckpt.source or str(src), raw)
     save_checkpoint(out, model)
     return model
 
 
-def as_model(ckpt: Checkpoint, path: Path, source: str) -> Checkpoint:
+def as_model(ckpt: Checkpoint, path: Path, source: str, raw: bool = False) -> Checkpoint:
     """The model file of a checkpoint (to save at `path`): the model's weights as /theta and
     /state, everything else about the run kept, no optimizer state."""
-    theta, state = model_weights(ckpt)
+    theta, state = model_weights(ckpt, raw)
     return dataclasses.replace(ckpt, path=Path(path), theta=theta, state=state, velocity=None,
                                ema_theta=None, ema_state=None, kind=MODEL, source=source)
 
@@ -432,17 +434,21 @@ def check_compatible(ckpt: Checkpoint, expect_spec: list | None = None,
 
 
 USAGE = ("usage: python -m dist.checkpoint CKPT_OR_RUN_DIR            (describe it)\n"
-         "       python -m dist.checkpoint export CKPT_OR_RUN_DIR OUT.h5   (compact model file)")
+         "       python -m dist.checkpoint export [--raw] CKPT_OR_RUN_DIR OUT.h5   (compact "
+         "model file;\n"
+         "       --raw: the trained weights, not their moving average)")
 
 
 def _main(argv: list[str]) -> int:
+    raw = argv[:2] == ["export", "--raw"]
+    argv = ["export", *argv[2:]] if raw else argv
     export = len(argv) == 3 and argv[0] == "export"
     if not (export or len(argv) == 1) or argv[0] in ("-h", "--help"):
         print(USAGE, file=sys.stderr)
         return 2
     try:
         if export:
-            c = export_model(argv[1], argv[2])
+            c = export_model(argv[1], argv[2], raw)
             size = Path(argv[2]).stat().st_size
             print(f"{argv[2]}: model of {c.source} ({c.theta.size} parameters, "
                   f"{c.state.size} state, {size / 2 ** 20:.2f} MiB)")

@@ -14,11 +14,11 @@ for member m, writing ``runs/<name>/member-<m>/``. ``--members K`` gives K membe
 needs (for these two it did not pay off: launch/docs/results.md). With fewer ranks than members a
 group trains several members one after another. ``--ranks-per-member R`` fixes the group size
 instead: every member then trains on R ranks, so each one takes the wall time a single
-`dist.train` on R ranks would (what a per-model time budget measures). The members still to train are dealt out by
-the epochs they need, so that kept members do not leave a group idle while another trains
-several; a half-trained member goes to a group of as many ranks as it started on, and resumes
-bitwise. Since every member is world-size invariant, member m's weights do not depend on how
-the ranks were grouped (up to the order of float sums).
+`dist.train` on R ranks would (what a per-model time budget measures). The members still to
+train are dealt out by the epochs they need, so that kept members do not leave a group idle
+while another trains several; a half-trained member goes to a group of as many ranks as it
+started on, and resumes bitwise. Since every member is world-size invariant, member m's weights
+do not depend on how the ranks were grouped (up to the order of float sums).
 
 Interrupted? Run the same command with ``--name <the ensemble's folder name>`` again: members
 with a ``final.json`` are kept as they are, members with checkpoints resume from their newest
@@ -35,6 +35,10 @@ When all members are done, rank 0 averages the members' class probabilities (fro
 ``best.h5``, chosen on validation) on the validation and test sets and writes
 ``runs/<name>/ensemble.json`` (validation only with ``--set train.report_test=false``). Any
 other argument is passed to ``dist.train`` unchanged.
+
+Members trained with a moving average of the weights (``optim.ema_decay``) contribute the
+average; ``--raw`` takes their raw weights instead, from the epoch whose raw weights did best
+on validation (``member-<m>/best-raw.h5``, written from that epoch's kept checkpoint).
 
 Snapshot ensembles (Huang et al. 2017, "Snapshot ensembles: train 1, get M for free"): with a
 cyclic schedule each run writes a model file at the end of every cycle
@@ -59,7 +63,8 @@ import numpy as np
 from data.prepare import ensure_dataset
 from data.shards import read_split
 from dist import train
-from dist.checkpoint import SNAPSHOT_GLOB, normalized, resolve_checkpoint
+from dist.checkpoint import (SNAPSHOT_GLOB, checkpoint_name, export_model, normalized,
+                             resolve_checkpoint)
 from dist.comm import Comm, run_main
 from dist.errors import ExpectedError
 from dist.config import DEFAULT_PRESET, load_config
@@ -102,11 +107,30 @@ def ensemble_accuracy(model_files: list[Path], images: np.ndarray, labels: np.nd
     return average_accuracy([model_probabilities(p, images) for p in model_files], labels)
 
 
-def model_files(folder: Path, snapshots: int | None) -> list[Path]:
-    """The models member `folder` contributes: its best.h5, or with `snapshots` its cycle-end
-    snapshots (the last `snapshots` of them; 0 = all)."""
+def raw_best_model(folder: Path) -> Path:
+    """A member's model without its moving average: `best-raw.h5`, written here, the raw
+    weights of the epoch whose raw weights did best on validation (the first such epoch, as
+    dist.train picks best.h5), from that epoch's kept checkpoint. What best.h5 would have been
+    with optim.ema_decay = 0, since the average never changes the training itself. A member
+    without an average has no raw_val_acc in its metrics: its best.h5 is raw already."""
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    scored = {r["epoch"]: r["raw_val_acc"] for r in records if r.get("raw_val_acc") is not None}
+    if not scored:
+        return folder / "best.h5"
+    epoch = min(e for e, acc in scored.items() if acc == max(scored.values()))
+    source = folder / checkpoint_name(epoch, 0)
+    if not source.is_file():
+        raise ExpectedError(f"{source}: not kept, and --raw needs it (epoch {epoch}'s raw "
+                            "weights did best on validation; keep more with run.keep_last)")
+    export_model(source, folder / "best-raw.h5", raw=True)
+    return folder / "best-raw.h5"
+
+
+def model_files(folder: Path, snapshots: int | None, raw: bool = False) -> list[Path]:
+    """The models member `folder` contributes: its best.h5 (best-raw.h5 with `raw`), or with
+    `snapshots` its cycle-end snapshots (the last `snapshots` of them; 0 = all)."""
     if snapshots is None:
-        return [folder / "best.h5"]
+        return [raw_best_model(folder) if raw else folder / "best.h5"]
     found = sorted(folder.glob(SNAPSHOT_GLOB))
     if not found:
         raise ExpectedError(f"{folder}: no snapshots ({SNAPSHOT_GLOB}); snapshots are written "
@@ -262,6 +286,9 @@ def main(world: Comm, argv=None) -> int:
     parser.add_argument("--ranks-per-member", type=int, default=0, metavar="R",
                         help="ranks in each member's group (default: the ranks spread over "
                              "the members, at least one each)")
+    parser.add_argument("--raw", action="store_true",
+                        help="members trained with a moving average: average their raw "
+                             "weights instead (each member's best-raw.h5, written on the way)")
     parser.add_argument("--snapshots", type=int, nargs="?", const=0, metavar="K",
                         help="average each member's cycle-end snapshots (schedule.kind = "
                              "'cyclic') instead of its best.h5; K: only the last K")
@@ -269,6 +296,9 @@ def main(world: Comm, argv=None) -> int:
     per_member = args.ranks_per_member
     world.agree(per_member == 0 or (per_member > 0 and world.size % per_member == 0),
                 f"--ranks-per-member {per_member}: must divide the job's {world.size} ranks")
+    world.agree(not (args.raw and args.snapshots is not None),
+                "--raw with --snapshots: snapshots are saved as the run's model; train the "
+                "cyclic run with optim.ema_decay = 0 to have raw snapshots")
     world.agree(args.snapshots is None or args.snapshots >= 0,
                 f"--snapshots {args.snapshots}: must be >= 0 (0 or nothing = all)")
     preset_args = train.parse_args(train_argv)
@@ -346,8 +376,8 @@ def main(world: Comm, argv=None) -> int:
     def combine() -> None:
         data_path = ensure_dataset(cfg.data.path or None, quiet=True)
         files = [path for m in range(len(presets))
-                 for path in model_files(folder / f"member-{m}", args.snapshots)]
-        result = {"members": len(presets), "ranks": world.size, "preset": label,
+                 for path in model_files(folder / f"member-{m}", args.snapshots, args.raw)]
+        result = {"members": len(presets), "ranks": world.size, "preset": label, "raw": args.raw,
                   "presets": [configs[p].preset for p in presets],
                   "models": [str(path.relative_to(folder)) for path in files],
                   "wall_seconds": time.perf_counter() - start}

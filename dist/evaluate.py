@@ -61,21 +61,22 @@ def evaluate(model: Model, images: np.ndarray, labels: np.ndarray, loss: str,
             "n": int(len(labels)), "confusion": confusion.tolist()}
 
 
-def model_from_checkpoint(path, data_fingerprint: str | None = None):
+def model_from_checkpoint(path, data_fingerprint: str | None = None, raw: bool = False):
     """Rebuild the model a checkpoint (or model file) records and load its weights. Returns
     (model, ckpt)."""
     ckpt = load_checkpoint(path, expect_fingerprint=data_fingerprint, resumable=False)
-    return model_of(ckpt), ckpt
+    return model_of(ckpt, raw), ckpt
 
 
-def model_of(ckpt) -> Model:
+def model_of(ckpt, raw: bool = False) -> Model:
     """The model of an already loaded checkpoint, with its weights and batch-norm state: the
-    moving average of the weights when the run kept one (dist.checkpoint.model_weights)."""
+    moving average of the weights when the run kept one (dist.checkpoint.model_weights),
+    unless `raw`."""
     check_model(ckpt.spec, EVAL_BATCH, where=f"{ckpt.path}: its model")  # before allocating
     model = Model(ckpt.spec, seed=0)
     if (model.theta.size, model.state.size) != (ckpt.theta.size, ckpt.state.size):
         raise ExpectedError(f"{ckpt.path}: parameter sizes do not match its own spec")
-    model.theta[...], model.state[...] = model_weights(ckpt)
+    model.theta[...], model.state[...] = model_weights(ckpt, raw)
     return model
 
 
@@ -94,6 +95,8 @@ def main(argv=None) -> int:
     parser.add_argument("--split", choices=("test", "val"), default="test")
     parser.add_argument("--data", default="", help="MNIST HDF5 file (default: the run's)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--raw", action="store_true", help="the trained weights, not their "
+                        "moving average (runs with optim.ema_decay > 0)")
     args = parser.parse_args(argv)
     try:
         ckpt = load_checkpoint(args.checkpoint, resumable=False)   # weights, spec, config
@@ -105,14 +108,14 @@ def main(argv=None) -> int:
                                 f"--out {named})")
         path = ensure_dataset(named or None, quiet=True)
         check_compatible(ckpt, expect_fingerprint=open_mnist(path).fingerprint)
-        model = model_of(ckpt)
+        model = model_of(ckpt, args.raw)
         images, labels, _ = read_split(path, args.split, split_seed=data_cfg.get("split_seed", 0),
                                        val_size=data_cfg.get("val_size", 5000))
         result = evaluate(model, images, labels, ckpt.config["model"]["loss"])
     except (ExpectedError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    result.update(checkpoint=str(ckpt.path), split=args.split, epoch=ckpt.epoch)
+    result.update(checkpoint=str(ckpt.path), split=args.split, epoch=ckpt.epoch, raw=args.raw)
     if args.json:
         print(json.dumps(result))
     else:

@@ -329,3 +329,40 @@ def test_snapshot_ensemble_on_validation_only_then_its_one_test_figure(mnist_h5,
     result = json.loads((folder / "ensemble.json").read_text())
     assert result["models"] == ["member-0/snapshot-c02.h5", "member-1/snapshot-c02.h5"]
     assert "test" in result and "test accuracy" in out.stdout
+
+
+def test_raw_weights_of_a_run_with_a_moving_average(mnist_h5, tmp_path):
+    # --raw (evaluate, export, ensemble): the trained weights, not their average. The ensemble
+    # takes each member's epoch whose raw weights did best on validation (metrics.jsonl), from
+    # that epoch's kept checkpoint, as best.h5 would have been with optim.ema_decay = 0.
+    from dist.checkpoint import load_checkpoint
+    args = ["--members", "2", "--name", "ens", *small_run_args(
+        mnist_h5, tmp_path, "ignored", "--set", "optim.ema_decay=0.9", "--set", "run.keep_last=2",
+        "--set", "train.report_test=false")]
+    assert run_job(2, args, module="dist.ensemble").returncode == 0
+    out = run_job(2, [*args, "--raw"], module="dist.ensemble")
+    assert out.returncode == 0, out.stderr
+    result = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
+    assert result["raw"] is True and result["models"] == [
+        "member-0/best-raw.h5", "member-1/best-raw.h5"]
+    images, labels, _ = read_split(mnist_h5, "val", 0, 1000)
+    for m in (0, 1):
+        folder = tmp_path / "ens" / f"member-{m}"
+        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        raw_acc = [r["raw_val_acc"] for r in records]
+        epoch = raw_acc.index(max(raw_acc)) + 1                     # the first best epoch
+        ckpt = load_checkpoint(folder / f"ckpt-e{epoch:03d}-s00000.h5", resumable=False)
+        model = load_checkpoint(folder / "best-raw.h5", resumable=False)
+        assert np.array_equal(model.theta, ckpt.theta) and np.array_equal(model.state, ckpt.state)
+        assert not np.array_equal(ckpt.ema_theta, ckpt.theta)      # the average is another model
+        # dist.evaluate --raw on the checkpoint gives that epoch's raw validation figure.
+        ev = run_job(1, [str(ckpt.path), "--raw", "--split", "val", "--json"],
+                     module="dist.evaluate")
+        assert json.loads(ev.stdout)["acc"] == max(raw_acc) == result["val"]["members"][m]
+    # export --raw writes the same weights as a model file.
+    exported = tmp_path / "raw.h5"
+    assert run_job(1, ["export", "--raw", str(ckpt.path), str(exported)],
+                   module="dist.checkpoint").returncode == 0
+    assert np.array_equal(load_checkpoint(exported, resumable=False).theta, ckpt.theta)
+    bad = run_job(2, [*args, "--raw", "--snapshots"], module="dist.ensemble")
+    assert bad.returncode == 2 and "--raw with --snapshots" in error_lines(bad.stderr)[0]
