@@ -7,13 +7,14 @@ numpy releases the GIL inside copies, elementwise operations and BLAS calls, so 
 each take every other chunk of samples keep all the cores busy with all of the work.
 
 Why BLAS stays on one thread.  OpenBLAS's own threads do not go to sleep when a call ends: they
-spin, waiting for the next call, for up to ~2^28 cycles (~0.1 s).  Any product left to them (a
-dense layer, a bias's column sum) leaves a spinning thread that takes a core from our workers
-for the next tenth of a second -- which is always.  So `use_cores(n)` gives a process n workers
+spin, waiting for the next call, until OpenBLAS's thread timeout.  Any product left to them (a
+dense layer, a bias's column sum) left a spinning thread that took a core from our workers, at
+every step.  Measured on best, 1 process x 2 threads: 335 images/s, and 544 with the spinning
+cut short (OPENBLAS_THREAD_TIMEOUT=4) and nothing else changed.  So `use_cores(n)` gives n workers
 and sets BLAS to one thread per caller for good: every product runs inside a worker, on the
-worker's rows (`split_rows`, `run_chunks`), and BLAS's pool is never woken.  Without
-`use_cores` (a library caller), the workers are BLAS's thread count, and BLAS is held at one
-thread only while the workers run.
+worker's rows (`split_rows`, `run_chunks`), and BLAS's pool is never woken (533 images/s with
+the default timeout, launch/docs/benchmarks.md).  Without `use_cores` (a library caller), the
+workers are BLAS's thread count, and BLAS is held at one thread only while the workers run.
 
 Determinism: worker w always takes chunks w, w + n, w + 2n, ... (n workers), and a caller that
 sums over chunks keeps one partial sum per worker and adds them in worker order, so a run is

@@ -26,7 +26,9 @@ Used by launch/bench.py (the "ceil%" column); tested by tests/test_launch_bench.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +42,7 @@ class MatmulCall:
     b_layout: str
     dtype: str
     has_out: bool
+    thread: int = 0        # which thread called it: 0, 1, ... in order of first call
 
     @property
     def flops(self) -> int:
@@ -60,16 +63,18 @@ def _layout(a: np.ndarray) -> str:
 @contextlib.contextmanager
 def record_matmuls():
     """Within the block, `np.matmul` still computes, and also appends a MatmulCall per call to
-    the yielded list.  (One process, one thread of Python: do not use while other threads
-    call numpy.)"""
+    the yielded list, with the thread that made it (core/parallel.py's workers multiply
+    their own chunks, in parallel)."""
     calls: list[MatmulCall] = []
+    threads: dict[int, int] = {}       # thread ident -> 0, 1, ... (list.append is atomic)
     real = np.matmul
 
     def recording(a, b, *args, **kwargs):
         a_, b_ = np.asarray(a), np.asarray(b)
         out = kwargs.get("out", args[0] if args else None)
+        thread = threads.setdefault(threading.get_ident(), len(threads))
         calls.append(MatmulCall(a_.shape, _layout(a_), b_.shape, _layout(b_), str(a_.dtype),
-                                out is not None))
+                                out is not None, thread))
         return real(a, b, *args, **kwargs)
 
     np.matmul = recording
@@ -89,7 +94,8 @@ def _operand(shape: tuple, layout: str, dtype: str, rng) -> np.ndarray:
 
 def replay_seconds(calls: list[MatmulCall], repeats: int = 5, start=None, finish=None) -> float:
     """Fastest time of running all `calls` once, in order, on fresh operands of the same
-    shapes and layouts.  Operands with equal shape and layout share one array, as the
+    shapes and layouts; the calls of each recorded thread in a thread of their own, all at
+    once, as the step's workers ran them.  Operands with equal shape and layout share one array, as the
     chunks of a convolution share its reused im2col buffer; where the step used different
     arrays, this keeps more in cache, so the ceiling errs on the high side, as a ceiling
     should.
@@ -107,7 +113,7 @@ def replay_seconds(calls: list[MatmulCall], repeats: int = 5, start=None, finish
             arrays[key] = _operand(shape, layout, dtype, rng)
         return arrays[key]
 
-    program = []
+    programs: dict[int, list] = {}     # thread -> its calls, in order
     for c in calls:
         a, b = get(c.a_shape, c.a_layout, c.dtype), get(c.b_shape, c.b_layout, c.dtype)
         out = None                      # without out=, numpy allocates, as the step did
@@ -115,17 +121,23 @@ def replay_seconds(calls: list[MatmulCall], repeats: int = 5, start=None, finish
             out = np.empty(np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
                            + ((a.shape[-2],) if a.ndim > 1 else ())
                            + ((b.shape[-1],) if b.ndim > 1 else ()), c.dtype)
-        program.append((a, b, out))
-    for a, b, out in program:                                   # warm-up: pages, threads
-        np.matmul(a, b, out=out)
-    best = np.inf
-    for _ in range(repeats):
-        if start is not None:
-            start()
-        t = time.perf_counter()
+        programs.setdefault(c.thread, []).append((a, b, out))
+
+    def run(program):
         for a, b, out in program:
             np.matmul(a, b, out=out)
-        if finish is not None:
-            finish()
-        best = min(best, time.perf_counter() - t)
+
+    with ThreadPoolExecutor(max(1, len(programs))) as pool:
+        def run_all():
+            list(pool.map(run, programs.values()))   # waits for every thread
+        run_all()                                    # warm-up: pages, threads
+        best = np.inf
+        for _ in range(repeats):
+            if start is not None:
+                start()
+            t = time.perf_counter()
+            run_all()
+            if finish is not None:
+                finish()
+            best = min(best, time.perf_counter() - t)
     return best

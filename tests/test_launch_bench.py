@@ -70,6 +70,7 @@ def test_the_gemm_recorder_sees_every_product_of_a_step_and_replays_them():
 
     from core.losses import LOSSES
     from core.model import Model
+    from core.parallel import use_cores
     from launch.gemm_ceiling import record_matmuls, replay_seconds
 
     real = np.matmul
@@ -77,7 +78,7 @@ def test_the_gemm_recorder_sees_every_product_of_a_step_and_replays_them():
                    {"type": "dense", "out": 10}], input_shape=(28, 28, 1), seed=0)
     x = np.random.default_rng(0).random((8, 28, 28, 1), dtype=np.float32)
     y = np.arange(8) % 10
-    with record_matmuls() as calls:
+    with use_cores(1), record_matmuls() as calls:                # one worker: calls in order
         out = model.forward(x, train=True)
         model.backward(LOSSES["xent"](out, y, divisor=8)[1])
     assert np.matmul is real
@@ -86,14 +87,21 @@ def test_the_gemm_recorder_sees_every_product_of_a_step_and_replays_them():
         ((8, 784), "C", (784, 16), "C"),           # forward, dense 1
         ((8, 16), "C", (16, 10), "C"),             # forward, dense 2
         ((16, 8), "T", (8, 10), "C"),              # dW2 = h^T dy
-        ((8,), "C", (8, 10), "C"),                 # db2: column sum
         ((8, 10), "C", (10, 16), "T"),             # dx2 = dy W2^T
+        ((8,), "C", (8, 10), "C"),                 # db2: column sum
         ((784, 8), "T", (8, 16), "C"),             # dW1 = x^T dh
         ((8,), "C", (8, 16), "C"),                 # db1
     ]
     assert calls[0].flops == 2 * 8 * 784 * 16
     replayed = replay_seconds(calls, repeats=2)   # runs the 7 products again; no speed asserted
     assert np.isfinite(replayed)
+    # Two workers (core/parallel.py) multiply 4 rows each; the calls say which thread made
+    # them, and the replay runs each thread's calls in a thread of its own.
+    with use_cores(2), record_matmuls() as threaded:
+        model.backward(LOSSES["xent"](model.forward(x, train=True), y, divisor=8)[1])
+    assert sorted({c.thread for c in threaded}) == [0, 1]
+    assert sorted(c.a_shape for c in threaded if c.b_shape == (784, 16)) == [(4, 784), (4, 784)]
+    assert np.isfinite(replay_seconds(threaded, repeats=2))
     with pytest.raises(ZeroDivisionError), record_matmuls():
         1 / 0
     assert np.matmul is real

@@ -2,7 +2,8 @@
 # side by side, alternating torch and mpigrad, one sitting
 cd /work/main
 export PATH=/work/venv/bin:$PATH MPIGRAD_DATA=/work/mnist.h5 PYTHONPATH=/work/main
-out=/tmp/side
+out=${1:-/tmp/side}
+mkdir -p $out
 for p in mlp cnn best; do
   /work/torch-venv/bin/python ../shared/peer/torch_peer.py --preset $p --threads 2 --seconds 10 > $out/torch-$p-1x2.json 2>$out/torch-$p-1x2.err
   python -m launch.bench --presets $p --threads 2 --seconds 2 --blocks 3 --out $out/mpigrad-$p-1x2.json > $out/mpigrad-$p-1x2.txt 2>&1
