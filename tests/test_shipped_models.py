@@ -21,3 +21,26 @@ def test_the_shipped_single_model_gives_its_test_figure(mnist_h5):
     result = json.loads(out.stdout)
     assert (result["acc"], result["confusion"]) == (recorded["acc"], recorded["confusion"])
     assert f"{100 * result['acc']:.2f}% test" in (REPO / "README.md").read_text()
+
+
+# The command that trained the shipped snapshot ensemble (launch/docs/protocol-20.md, C3); run
+# again on a folder whose member is trained, it only combines the snapshots.
+ENSEMBLE_COMMAND = ["--members", "1", "--preset", "best", "--snapshots", "--name", "ensemble",
+                    "--set", "schedule.kind=cyclic", "--set", "schedule.cycles=3",
+                    "--set", "train.epochs=24", "--set", "train.seed=200",
+                    "--set", "optim.ema_decay=0", "--set", "data.elastic_alpha=36",
+                    "--set", "data.elastic_sigma=6"]
+
+
+def test_the_shipped_ensemble_gives_its_test_figure(mnist_h5, tmp_path):
+    import shutil
+    recorded = json.loads((MODELS / "ensemble" / "ensemble.json").read_text())
+    shutil.copytree(MODELS / "ensemble", tmp_path / "ensemble")     # the command rewrites its json
+    out = run_job(1, [*ENSEMBLE_COMMAND, "--set", f"run.dir={tmp_path}",
+                      "--set", f"data.path={mnist_h5}"], module="dist.ensemble")
+    assert out.returncode == 0, out.stderr
+    result = json.loads((tmp_path / "ensemble" / "ensemble.json").read_text())
+    for split in ("val", "test"):
+        assert result[split]["ensemble"] == recorded[split]["ensemble"]
+        assert result[split]["members"] == recorded[split]["members"]
+    assert f"{100 * result['test']['ensemble']:.2f}%" in (REPO / "README.md").read_text()
