@@ -25,8 +25,9 @@ import time
 from pathlib import Path
 
 SHM = Path("/dev/shm")
-# MPICH's node segment and its shared windows; UCX's segments (MPICH built with UCX).
-PREFIXES = ("mpich_shm_", "mpich_shar_", "ucx_shm_posix_")
+# MPICH's node segment and its shared windows; UCX's segments (MPICH built with UCX); Open MPI's
+# shared-memory transport (sm_segment.<host>.<uid>.<job>.<rank>).
+PREFIXES = ("mpich_shm_", "mpich_shar_", "ucx_shm_posix_", "sm_segment.")
 MIN_AGE_SECONDS = 60
 
 

@@ -37,6 +37,19 @@ def pytest_configure(config):
         "markers", "network: needs a reachable package index (pip download of ~15 MB)")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_mpi_leftovers_in_dev_shm():
+    """Tests that SIGKILL a rank leave MPI's named segments behind, as any killed job does
+    (dist/shm.py); at the end of the session, remove those the session made and no process
+    maps any more."""
+    from dist.shm import SHM, leftovers
+    before = set(SHM.glob("*")) if SHM.is_dir() else set()
+    yield
+    for path in leftovers(min_age=0):
+        if path not in before:
+            path.unlink(missing_ok=True)
+
+
 def make_fake_mnist(n_train: int = 600, n_test: int = 100, seed: int = 0) -> tuple[Mnist, dict]:
     """Random MNIST-shaped data and the checksum table that makes it 'genuine' for tests."""
     rng = np.random.default_rng(seed)
