@@ -94,7 +94,21 @@ def keyed_uniform(keys, stream, shape):
     return u.reshape((len(bits),) + shape)
 
 
+class KeyedNoise:
+    """The `noise(stream, shape)` callable that Model.forward expects, for the samples of
+    `keys`; `rows(sel)` is the same noise for the samples keys[sel] only (core/replicas.py
+    gives each thread its rows: a sample's numbers do not depend on the rows drawn with it)."""
+
+    def __init__(self, keys):
+        self.keys = keys
+
+    def __call__(self, stream, shape):
+        return keyed_uniform(self.keys, stream, shape)
+
+    def rows(self, sel):
+        return KeyedNoise(self.keys[sel])
+
+
 def keyed_noise(seed, epoch, indices):
-    """The `noise(stream, shape)` callable that Model.forward expects, for these samples."""
-    keys = sample_keys(seed, epoch, indices)
-    return lambda stream, shape: keyed_uniform(keys, stream, shape)
+    """The noise for these samples (global indices) of this epoch: a KeyedNoise."""
+    return KeyedNoise(sample_keys(seed, epoch, indices))

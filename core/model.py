@@ -89,6 +89,17 @@ class Model:
             if isinstance(layer, BatchNorm):
                 layer.reduce = self._reduce
 
+    def replica(self):
+        """Another copy of this network for another thread (core/replicas.py): the same
+        parameters -- its W, b, ... are views of this model's theta -- but its own gradient
+        arena, layer caches and batch-norm running statistics (only this model's count)."""
+        twin = Model(self.spec, self.input_shape, self.seed, self.dtype)
+        twin.theta = self.theta
+        for mine, its in zip(self.layers, twin.layers):
+            for name in mine.param_shapes:
+                its.bind(name, mine.params[name], its.grads[name])
+        return twin
+
     # --- initialization ------------------------------------------------------------------
     def _next_activation(self, i):
         for layer in self.layers[i + 1:]:

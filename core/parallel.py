@@ -24,6 +24,7 @@ bitwise repeatable for a given thread count (tests/test_core_fast_paths.py).
     use_cores(2)                                   # or: with use_cores(2): ...
     run_chunks(lambda w, i, j, first: ..., [(0, 4), (4, 8), ...])
 """
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy  # noqa: F401 -- loads the BLAS library before threadpoolctl looks for it
@@ -32,6 +33,7 @@ from threadpoolctl import ThreadpoolController
 _BLAS = []            # [the BLAS library's threadpoolctl controller, or None]; found once
 _POOL = {}            # workers -> ThreadPoolExecutor, made once
 _CORES = [None]       # [cores given by use_cores], or [None]: BLAS's thread count
+_ONE = threading.local()   # .on: this thread is one of run_workers' workers: 1 core for it
 
 
 def _blas():
@@ -66,7 +68,10 @@ class use_cores:
 
 
 def workers():
-    """How many threads a layer may use: use_cores's n, else BLAS's thread count (~1 us)."""
+    """How many threads a layer may use: 1 inside a worker of run_workers, else use_cores's n,
+    else BLAS's thread count (~1 us)."""
+    if getattr(_ONE, "on", False):
+        return 1
     if _CORES[0] is not None:
         return _CORES[0]
     blas = _blas()
@@ -85,20 +90,26 @@ def run_chunks(work, chunks):
     """Call work(w, i, j, first) for every (i, j) in chunks, worker w in 0..n-1 taking
     chunks w, w + n, ...; first is True for a worker's first chunk.  Returns n, the number of
     workers used (so that callers know how many per-worker partial sums to add)."""
-    n = min(workers(), len(chunks))
+    n = max(1, min(workers(), len(chunks)))
+    run_workers(lambda w: _worker(work, w, chunks[w::n]), n)
+    return n
+
+
+def run_workers(work, n: int):
+    """Call work(w) for w in 0..n-1 at once, w = 0 on this thread and the others on the pool's
+    threads; each call sees workers() == 1 and BLAS on one thread.  Re-raises the first error
+    (after every call has ended).  core/replicas.py runs a whole model per worker with it."""
     if n <= 1:
-        for k, (i, j) in enumerate(chunks):
-            work(0, i, j, k == 0)
-        return 1
+        return _as_one_worker(work, 0)
     blas = _blas()
     threads = blas.num_threads if blas is not None else 1
     if threads > 1:
         blas.set_num_threads(1)       # only without use_cores: see the module docstring
     try:
         pool = _POOL.get(n) or _POOL.setdefault(n, ThreadPoolExecutor(n - 1))
-        others = [pool.submit(_worker, work, w, chunks[w::n]) for w in range(1, n)]
+        others = [pool.submit(_as_one_worker, work, w) for w in range(1, n)]
         try:
-            _worker(work, 0, chunks[0::n])                # this thread is worker 0
+            _as_one_worker(work, 0)                       # this thread is worker 0
         finally:
             errors = [f.exception() for f in others]      # waits for every worker
     finally:
@@ -107,7 +118,14 @@ def run_chunks(work, chunks):
     for error in errors:
         if error is not None:
             raise error
-    return n
+
+
+def _as_one_worker(work, w):
+    outer, _ONE.on = getattr(_ONE, "on", False), True
+    try:
+        work(w)
+    finally:
+        _ONE.on = outer
 
 
 def _worker(work, w, chunks):

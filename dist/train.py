@@ -35,11 +35,12 @@ from tqdm import tqdm
 
 from core.deskew import deskew_raw, deskews_before_augment
 from core.ema import EMA
-from core.keyed_random import keyed_uniform, sample_keys
+from core.keyed_random import KeyedNoise, sample_keys
 from core.losses import LOSSES
 from core.model import Model
 from core.optim import SGD
 from core.parallel import use_cores
+from core.replicas import Replicas
 from core.schedules import make_schedule
 from data.augment import random_affine
 from data.hdf5 import open_mnist
@@ -141,8 +142,7 @@ def local_batch(cfg, shard, k: int, epoch: int):
         d = cfg.data
         images = random_affine(images, keys, d.max_shift, d.max_rotate, d.max_scale,
                                d.elastic_alpha, d.elastic_sigma)
-    noise = lambda stream, shape: keyed_uniform(keys, stream, shape)  # noqa: E731
-    return normalize(images), shard.labels[lo:hi].astype(np.int64), noise
+    return normalize(images), shard.labels[lo:hi].astype(np.int64), KeyedNoise(keys)
 
 
 def prepare_data(cfg) -> str:
@@ -182,14 +182,21 @@ class Clock:
         self.last = now
 
 
-def train_step(model: Model, loss_fn, update, x, y, noise, lr: float, batch: int,
+def build_net(model: Model, threads: int, split: str) -> Model | Replicas:
+    """What a step runs: with split 'batch' and several threads, one copy of the model per
+    thread, each on its rows of the batch (core/replicas.py); else the model itself, whose
+    layers split over the threads (core/parallel.py)."""
+    return Replicas(model, threads) if split == "batch" and threads > 1 else model
+
+
+def train_step(net: Model | Replicas, loss_fn, update, x, y, noise, lr: float, batch: int,
                clock: Clock, debug: bool = False) -> tuple[float, np.ndarray]:
     """One synchronous SGD step on this rank's share (x, y) of a global batch of ``batch``.
     Returns the loss (summed over local samples / global batch) and the network outputs."""
-    out = forward_checked(model, x, noise) if debug else model.forward(x, train=True, noise=noise)
+    out = forward_checked(net, x, noise) if debug else net.forward(x, train=True, noise=noise)
     clock.lap("forward")
     loss, dout = loss_fn(out, y, divisor=batch)   # sum over local samples / global B
-    model.backward(dout, grad_ready=update.grad_ready)   # fills model.grad (flat); the
+    net.backward(dout, grad_ready=update.grad_ready)   # fills model.grad (flat); the
     # overlapped update starts summing the last layers' gradients while backward goes on
     clock.lap("backward")
     update.reduce_gradient()       # the summed gradient (of my slice)
@@ -385,7 +392,8 @@ def split_of(clock: Clock) -> dict:
 def headline(comm: Comm, cfg, model: Model, threads: int, steps: int, update, run_dir: Path,
              progress: Progress) -> str:
     d = model.describe()
-    return (f"mpigrad: {comm.size} rank(s) x {threads} BLAS thread(s), preset {cfg.preset!r}, "
+    split = f" (split by {cfg.run.split})" if threads > 1 else ""
+    return (f"mpigrad: {comm.size} rank(s) x {threads} thread(s){split}, preset {cfg.preset!r}, "
             f"{d['params']:,} parameters, {d['flops_per_sample'] / 1e6:.1f} MFLOP/image, global "
             f"batch {cfg.train.batch_size}, {steps} steps/epoch, {update.transport} update, run "
             f"{run_dir}" + (f", resuming at epoch {progress.epoch + 1} step {progress.step}"
@@ -397,6 +405,7 @@ class Run:
     """What the loop works with; ``setup`` builds it the same way on every rank."""
     cfg: object
     model: Model
+    net: Model | Replicas    # what a step runs: the model, or a copy of it per thread
     opt: SGD
     lr_at: object
     update: object
@@ -415,7 +424,7 @@ def setup(comm: Comm, args) -> Run:
     start_time, graceful = time.perf_counter(), GracefulStop(comm)
     cfg, resume = configure(comm, args)
     threads = cfg.run.threads or comm.cores_per_rank
-    use_cores(threads)  # our threads split each layer; BLAS on one (core/parallel.py)
+    use_cores(threads)  # our threads share each step; BLAS on one (core/parallel.py)
     # Overflow shows up as a non-finite gradient, which the loop reports in one clear line
     # (and --debug pins to a layer); numpy's per-operation warnings would only add noise.
     np.seterr(over="ignore", invalid="ignore", divide="ignore")
@@ -429,8 +438,9 @@ def setup(comm: Comm, args) -> Run:
     root = RootWork(comm, cfg, model, opt, ema, run_dir, data_path, fingerprint, start_time)
     if comm.is_root:
         print(headline(comm, cfg, model, threads, steps, update, run_dir, progress), flush=True)
-    return Run(cfg, model, opt, lr_at, update, ema, root, progress, run_dir, data_path, steps,
-               threads, graceful)
+    net = model if args.debug else build_net(model, threads, cfg.run.split)  # debug: per layer
+    return Run(cfg, model, net, opt, lr_at, update, ema, root, progress, run_dir, data_path,
+               steps, threads, graceful)
 
 
 def main(comm: Comm, argv=None) -> int:
@@ -457,7 +467,7 @@ def main(comm: Comm, argv=None) -> int:
             clock.lap("data")
             if args.debug and progress.global_step == 0:
                 debug_first_step(comm, model, x, y, cfg.model.loss, batch, noise)
-            loss, out = train_step(model, loss_fn, update, x, y, noise, lr, batch, clock,
+            loss, out = train_step(run.net, loss_fn, update, x, y, noise, lr, batch, clock,
                                    args.debug)
             if not update.finite():        # the same theta everywhere: the same verdict
                 raise ExpectedError(f"non-finite loss/gradient at epoch {epoch + 1} step {k + 1} "

@@ -66,11 +66,11 @@ from data.errors import DataError
 from data.prepare import ensure_dataset
 from data.shards import read_epoch_shard, read_split
 from dist.comm import Comm, install_abort_hook
-from dist.config import CONFIG_DIR, KINDS, load_config
+from dist.config import CONFIG_DIR, KINDS, SPLITS, load_config
 from dist.errors import ExpectedError
 from dist.evaluate import evaluate
-from dist.train import (Clock, build_model, build_optimizer, build_update, local_batch,
-                        train_step)
+from dist.train import (Clock, build_model, build_net, build_optimizer, build_update,
+                        local_batch, train_step)
 from dist.update import make_update
 from launch.bench_table import PHASES, format_table, train_flops
 from launch.fakehosts import MPIRUN
@@ -92,6 +92,8 @@ def parse_args(argv):
     ap.add_argument("--eval-images", type=int, default=2000)
     ap.add_argument("--update", default="auto", choices=KINDS,
                     help="the update kind (dist/update.py; default: dist.train's, by topology)")
+    ap.add_argument("--split", default="batch", choices=SPLITS,
+                    help="how a rank's threads share a step (dist.train's run.split)")
     ap.add_argument("--layers", action="store_true",
                     help="instead: forward and backward ms of every layer, one process")
     ap.add_argument("--quick", action="store_true", help="tiny: for tests and a first look")
@@ -153,6 +155,7 @@ def bench_preset(comm: Comm, name: str, data_path: str, threads: int, args) -> d
     opt, _ = build_optimizer(cfg, model, shard.steps)
     update = build_update(cfg, comm, model, opt, args.update)
     loss_fn, lr = LOSSES[cfg.model.loss], cfg.optim.lr * 0.1   # small lr: stays finite
+    net = build_net(model, threads, args.split)
     k = 0
 
     def step(times):
@@ -160,7 +163,7 @@ def bench_preset(comm: Comm, name: str, data_path: str, threads: int, args) -> d
         clock = Clock()
         x, y, noise = local_batch(cfg, shard, k % shard.steps, epoch=0)
         clock.lap("data")
-        _, out = train_step(model, loss_fn, update, x, y, noise, lr, batch, clock)
+        _, out = train_step(net, loss_fn, update, x, y, noise, lr, batch, clock)
         if not update.finite():
             raise FloatingPointError(f"{name}: non-finite parameters in the benchmark")
         (out.argmax(axis=1) == y).sum()                       # as the loop's accuracy tally
@@ -198,7 +201,8 @@ def bench_preset(comm: Comm, name: str, data_path: str, threads: int, args) -> d
     gemm_s = max(comm.allgather(gemm_s))                                      # slowest rank
     ips = steps * batch / wall
     flops = train_flops(model)
-    return {"preset": name, "ranks": comm.size, "threads": threads, "batch_size": batch,
+    return {"preset": name, "ranks": comm.size, "threads": threads, "split": args.split,
+            "batch_size": batch,
             "steps": steps, "blocks": args.blocks, "images_per_s": ips,
             "step_ms": 1e3 * wall / steps, "train_flops_per_image": flops,
             "gflops": ips * flops / 1e9,

@@ -54,3 +54,19 @@ def test_the_single_process_run_is_deterministic(mnist_h5, tmp_path):
     a = theta_of(tmp_path / "a" / "ckpt-e001-s00000.h5")
     b = theta_of(tmp_path / "b" / "ckpt-e001-s00000.h5")
     assert (a == b).all()
+
+
+def test_one_process_of_two_threads_computes_what_two_ranks_compute(mnist_h5, tmp_path):
+    # run.split = "batch": each thread is a copy of the model on its rows of the batch
+    # (core/replicas.py) on the rows that rank of 2 would hold; batch-norm sums and the
+    # gradient sum are added in copy order as MPI adds 2 ranks: the same numbers, bit for bit.
+    runs = {"t2": (1, "run.threads=2"), "t2-again": (1, "run.threads=2"),
+            "n2": (2, "run.threads=1")}
+    for name, (ranks, threads) in runs.items():
+        result = run_job(ranks, small_run_args(mnist_h5, tmp_path, name, "--set", threads),
+                         timeout=180)
+        assert result.returncode == 0, result.stderr
+    final = {name: theta_of(tmp_path / name / "ckpt-e002-s00000.h5") for name in runs}
+    assert (final["t2"] == final["t2-again"]).all()
+    assert (final["t2"] == final["n2"]).all()
+    assert rel_diff(final["t2"], theta_of(tmp_path / "t2" / "ckpt-e001-s00000.h5")) > 1e-3

@@ -1,0 +1,144 @@
+"""One process's cores as data-parallel replicas: n copies of the model, one per thread.
+
+    from core.replicas import Replicas
+    net = Replicas(model, 2)                    # model is copy 0; the others share its theta
+    out = net.forward(x, train=True, noise=keyed_noise(seed, epoch, idx))   # (B, 10)
+    loss, dout = softmax_cross_entropy(out, y, divisor=B)
+    net.backward(dout)                          # model.grad: the gradient of the whole batch
+
+Why it exists.  Splitting every layer over the cores (core/parallel.py) hands the work over
+between threads at every layer, and what is not split (dropout's keyed masks, the loss, small
+layers) runs on one core while the other waits.  Here thread k runs the whole forward and
+backward of its own rows of the batch, as rank k of n ranks would, and the threads meet only
+where ranks meet: batch norm's sums and the gradient sum.  Measured on the best preset, one
+process x 2 threads: launch/docs/benchmarks.md.
+
+The copies.  Copy 0 is the model itself; copy k is `model.replica()`: its parameters are views
+of the model's theta, its gradient arena, layer caches and running statistics are its own.
+After backward the gradients are added into model.grad in copy order (each thread adds one
+block of the arena), so the result is the same every run.
+
+Batch norm.  Every copy's BatchNorm sums go through `_Sum`: the copies leave their vectors,
+copy 0 adds them in copy order and passes the total to the model's own reduce (the sum over
+ranks, on the calling thread: MPI is only ever called from there), and every copy reads the
+result.  So the statistics are those of the whole global batch, as with ranks.
+
+Arithmetic.  Copy k of n takes rows k, k + n, k + 2n, ... of the batch -- the rows rank k of n
+would hold -- and computes what that rank computes.  So 1 process x 2 threads trains bit for
+bit as 2 ranks x 1 thread do (tests/test_dist_invariance.py), and like one model up to float
+rounding (tests/test_core_replicas.py).
+An error in any copy ends the call in every copy (the barriers are broken) and is re-raised.
+"""
+import threading
+
+import numpy as np
+
+from core.parallel import run_workers
+
+
+class _Sum:
+    """The `reduce` of n copies: the sum over copies, then the model's own reduce (ranks)."""
+
+    def __init__(self, n, outer):
+        self.parts, self.outer, self.total = [None] * n, outer, None
+        self.barrier = threading.Barrier(n)
+
+    def of(self, k):
+        def reduce(vector):
+            self.parts[k] = np.array(vector, copy=True)
+            self.barrier.wait()                      # every copy has left its part
+            if k == 0:
+                total = self.parts[0]
+                for part in self.parts[1:]:         # in copy order: the same every run
+                    total = total + part
+                self.total = self.outer(total)       # the sum over ranks (MPI: this thread)
+            self.barrier.wait()                      # the total is there
+            return np.array(self.total, copy=True)
+        return reduce
+
+
+class Replicas:
+    """n copies of `model`, each on one thread and 1/n of the rows of every batch."""
+
+    def __init__(self, model, n: int):
+        self.model = model
+        self.copies = [model] + [model.replica() for _ in range(max(1, int(n)) - 1)]
+
+    def _rows(self, b):
+        """The rows of every active copy (at most b copies): copy k of n takes rows k, k + n,
+        k + 2n, ... -- the rows rank k of n ranks holds (data/shards.py deals them so)."""
+        n = max(1, min(len(self.copies), b))
+        return [slice(k, None, n) for k in range(n)]
+
+    def _run(self, b, work):
+        """work(k, rows) for every active copy k, each on its own thread, with the copies'
+        batch-norm reduce set to the sum over copies for the call."""
+        rows = self._rows(b)
+        n, outer = len(rows), self.model.reduce
+        total = self.sum = _Sum(n, outer)
+        for k in range(n):
+            self.copies[k].reduce = total.of(k)
+
+        errors = []
+
+        def guarded(k):
+            try:
+                work(k, rows[k])
+            except threading.BrokenBarrierError:     # another copy failed: its error counts
+                raise
+            except BaseException as error:
+                errors.append(error)
+                total.barrier.abort()                # the other copies stop waiting
+                raise
+        try:
+            run_workers(guarded, n)
+        except threading.BrokenBarrierError:
+            if errors:
+                raise errors[0] from None
+            raise
+        finally:
+            for copy in self.copies:
+                copy.reduce = outer
+
+    def forward(self, x, train, noise=None):
+        """x (B, ...) -> outputs (B, ...): copy k's outputs are rows k::n."""
+        if len(self._rows(len(x))) == 1:
+            return self.model.forward(x, train, noise)
+        out = [None] * len(self.copies)
+
+        def work(k, rows):
+            out[k] = self.copies[k].forward(np.ascontiguousarray(x[rows]), train,
+                                            _rows_of(noise, rows))
+        self._run(len(x), work)
+        y = np.empty((len(x),) + out[0].shape[1:], out[0].dtype)
+        for k, rows in enumerate(self._rows(len(x))):
+            y[rows] = out[k]
+        return y
+
+    def backward(self, dout, grad_ready=None):
+        """model.grad = the gradient of the whole batch: each copy's, added in copy order.
+        With several copies, grad_ready(0) once at the end (the whole arena is final then:
+        an overlapped update gets nothing to overlap); with one, the model's own backward."""
+        n = len(self._rows(len(dout)))
+        if n == 1:
+            return self.model.backward(dout, grad_ready=grad_ready)
+        grads = [copy.grad for copy in self.copies]
+
+        def work(k, rows):
+            self.copies[k].backward(dout[rows])     # a copy: Model.backward makes one
+            if n > 1:
+                self.sum.barrier.wait()              # every copy's gradient is complete
+            lo, hi = len(grads[0]) * k // n, len(grads[0]) * (k + 1) // n
+            for g in grads[1:n]:                     # this thread's block, in copy order
+                grads[0][lo:hi] += g[lo:hi]
+        self._run(len(dout), work)
+        if grad_ready is not None:
+            grad_ready(0)
+        return None
+
+
+def _rows_of(noise, rows):
+    """The noise of these rows: KeyedNoise.rows, or any noise(stream, shape) cut to them."""
+    if noise is None or hasattr(noise, "rows"):
+        return noise if noise is None else noise.rows(rows)
+    return lambda stream, shape: noise(stream, shape)[rows]
