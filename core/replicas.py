@@ -78,7 +78,6 @@ class Replicas:
         total = self.sum = _Sum(n, outer)
         for k in range(n):
             self.copies[k].reduce = total.of(k)
-
         errors = []
 
         def guarded(k):
@@ -101,7 +100,7 @@ class Replicas:
                 copy.reduce = outer
 
     def forward(self, x, train, noise=None):
-        """x (B, ...) -> outputs (B, ...): copy k's outputs are rows k::n."""
+        """x (B, 28, 28, 1) -> outputs (B, 10), as Model.forward: copy k computes rows k::n."""
         if len(self._rows(len(x))) == 1:
             return self.model.forward(x, train, noise)
         out = [None] * len(self.copies)
@@ -126,8 +125,7 @@ class Replicas:
 
         def work(k, rows):
             self.copies[k].backward(dout[rows])     # a copy: Model.backward makes one
-            if n > 1:
-                self.sum.barrier.wait()              # every copy's gradient is complete
+            self.sum.barrier.wait()                  # every copy's gradient is complete
             lo, hi = len(grads[0]) * k // n, len(grads[0]) * (k + 1) // n
             for g in grads[1:n]:                     # this thread's block, in copy order
                 grads[0][lo:hi] += g[lo:hi]
