@@ -44,6 +44,7 @@ def test_overrides_are_typed_toml_values():
     ("model.loss=hinge", "model.loss='hinge'"),
     ("model.layers=[]", "model.layers=[]"),
     ("run.name=a/b", "run.name='a/b'"),
+    ("run.split=rows", "run.split='rows': must be one of batch, layers"),
     ("data.elastic_alpha=-1", "data.elastic_alpha=-1.0: must be in 0..100"),
     ("data.elastic_sigma=30", "data.elastic_sigma=30.0: must be in 0..20"),
     ("data.elastic_alpha=34", "data.elastic_sigma=0.0: must be at least 0.5 pixels"),

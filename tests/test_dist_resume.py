@@ -87,3 +87,21 @@ def test_resume_continues_metrics_and_keeps_best(mnist_h5, tmp_path):
     lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
     assert [int(x.split('"epoch": ')[1].split(",")[0]) for x in lines] == [1, 2]
     assert (tmp_path / "r" / "best.h5").exists() and (tmp_path / "r" / "final.json").exists()
+
+
+def test_one_process_of_two_threads_resumes_bitwise(mnist_h5, tmp_path):
+    # Model copies per thread (core/replicas.py): only copy 0's batch-norm statistics are
+    # kept, and the checkpoint holds them; killed and resumed, the run ends bit-identical.
+    two = ("--set", "run.threads=2", *EXTRA)
+    full = run_job(1, small_run_args(mnist_h5, tmp_path, "full", *two), timeout=180)
+    assert full.returncode == 0, full.stderr
+    job = start_job(1, small_run_args(mnist_h5, tmp_path, "killed", *two))
+    kill_after_first_checkpoint(job, tmp_path / "killed")
+    resumed = run_job(1, ["--resume", str(tmp_path / "killed")], timeout=180)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming at epoch" in resumed.stdout and "split by batch" in resumed.stdout
+    for name in ("theta", "state"):
+        with h5py.File(tmp_path / "full" / "ckpt-e002-s00000.h5", "r") as f:
+            reference = f[name][...]
+        with h5py.File(tmp_path / "killed" / "ckpt-e002-s00000.h5", "r") as f:
+            assert f[name][...].tobytes() == reference.tobytes(), name
