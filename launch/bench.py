@@ -89,7 +89,9 @@ def parse_args(argv):
                     help="BLAS threads per rank (0: cores // ranks on this node, min 1)")
     ap.add_argument("--seconds", type=float, default=1.0, help="target length of a timed block")
     ap.add_argument("--blocks", type=int, default=3, help="timed blocks per preset (best wins)")
-    ap.add_argument("--eval-images", type=int, default=2000)
+    ap.add_argument("--eval-images", type=int, default=2000,
+                    help="images of the timed evaluation pass (the validation split, repeated "
+                         "if more: 10000 matches torch_peer's pass over the test set)")
     ap.add_argument("--update", default="auto", choices=KINDS,
                     help="the update kind (dist/update.py; default: dist.train's, by topology)")
     ap.add_argument("--split", default="batch", choices=SPLITS,
@@ -245,7 +247,7 @@ def eval_speed(comm: Comm, model: Model, data_path: str, cfg, n: int) -> float |
     ips = None
     if comm.is_root and n > 0:
         images, labels, _ = read_split(data_path, "val", cfg.data.split_seed, cfg.data.val_size)
-        images, labels = images[:n], labels[:n]
+        images, labels = np.resize(images, (n,) + images.shape[1:]), np.resize(labels, n)
         with use_cores(len(os.sched_getaffinity(0))):
             evaluate(model, images[:100], labels[:100], cfg.model.loss)      # warm-up
             t = time.perf_counter()
