@@ -69,7 +69,7 @@ class SGD:
         # core count.  Why not smaller blocks: each costs eight numpy calls, and two threads
         # trading the GIL between short calls lose more than the cache saves (measured, 2
         # cores: the mlp's 670k parameters 1.1-1.3 ms a step in blocks of 2**16, 0.6-0.8 ms
-        # in blocks of 2**18; best's 110k 0.23 ms split over 2 cores, 0.16 ms as one block).
+        # in blocks of 2**18; an arena of 110k, 0.23 ms split over 2 cores, 0.16 ms as one block).
         def block(worker, start, stop, first):
             self._update(theta[start:stop], grad[start - lo:stop - lo], self.velocity[start:stop],
                          self._scratch[start:stop],

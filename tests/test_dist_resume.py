@@ -30,14 +30,14 @@ def kill_after_first_checkpoint(job, run_dir, timeout=120):
     assert not (run_dir / "final.json").exists(), "the run finished before it could be killed"
 
 
-def full_and_killed_then_resumed(mnist_h5, tmp_path, *extra: str):
+def full_and_killed_then_resumed(mnist_h5, tmp_path, *extra: str, ranks: int = 2):
     """Train `full` uninterrupted and `killed` killed at its first checkpoint, then resume
-    `killed` (2 ranks each); returns the resumed job's result."""
-    full = run_job(2, small_run_args(mnist_h5, tmp_path, "full", *extra), timeout=180)
+    `killed` (`ranks` ranks each); returns the resumed job's result."""
+    full = run_job(ranks, small_run_args(mnist_h5, tmp_path, "full", *extra), timeout=180)
     assert full.returncode == 0, full.stderr
-    job = start_job(2, small_run_args(mnist_h5, tmp_path, "killed", *extra))
+    job = start_job(ranks, small_run_args(mnist_h5, tmp_path, "killed", *extra))
     kill_after_first_checkpoint(job, tmp_path / "killed")
-    resumed = run_job(2, ["--resume", str(tmp_path / "killed")], timeout=180)
+    resumed = run_job(ranks, ["--resume", str(tmp_path / "killed")], timeout=180)
     assert resumed.returncode == 0, resumed.stderr
     return resumed
 
@@ -92,13 +92,8 @@ def test_resume_continues_metrics_and_keeps_best(mnist_h5, tmp_path):
 def test_one_process_of_two_threads_resumes_bitwise(mnist_h5, tmp_path):
     # Model copies per thread (core/replicas.py): only copy 0's batch-norm statistics are
     # kept, and the checkpoint holds them; killed and resumed, the run ends bit-identical.
-    two = ("--set", "run.threads=2", *EXTRA)
-    full = run_job(1, small_run_args(mnist_h5, tmp_path, "full", *two), timeout=180)
-    assert full.returncode == 0, full.stderr
-    job = start_job(1, small_run_args(mnist_h5, tmp_path, "killed", *two))
-    kill_after_first_checkpoint(job, tmp_path / "killed")
-    resumed = run_job(1, ["--resume", str(tmp_path / "killed")], timeout=180)
-    assert resumed.returncode == 0, resumed.stderr
+    resumed = full_and_killed_then_resumed(mnist_h5, tmp_path, "--set", "run.threads=2", *EXTRA,
+                                           ranks=1)
     assert "resuming at epoch" in resumed.stdout and "split by batch" in resumed.stdout
     for name in ("theta", "state"):
         with h5py.File(tmp_path / "full" / "ckpt-e002-s00000.h5", "r") as f:
