@@ -2,8 +2,7 @@
 gradient checks.  No MPI, no h5py, no files: read it as a textbook chapter.
 
     keyed_random.py   counter-based randomness keyed by global sample index
-    resample.py       bilinear resampling of image batches (augmentation, deskew)
-    deskew.py         the deskew input layer (shear each digit upright)
+    deskew.py         the spec's deskew entry (data/pipeline.py does the deskewing)
     layers.py         Layer interface, Dense, ReLU/Sigmoid/Tanh, Dropout, Flatten
     conv.py           Conv2D (im2col + GEMM) and MaxPool2D, NHWC
     norm.py           BatchNorm with a cross-rank `reduce`
@@ -11,6 +10,8 @@ gradient checks.  No MPI, no h5py, no files: read it as a textbook chapter.
     model.py          Model: layers over one flat parameter arena
     losses.py         softmax cross-entropy, MSE
     optim.py          SGD with momentum / Nesterov / masked weight decay
+    ema.py            a moving average of the weights
+    replicas.py       a process's cores: one copy of the model per thread, as ranks would
     schedules.py      lr(step): constant, step, cosine, linear warmup
     gradcheck.py      finite-difference checks (python -m core.gradcheck)
 

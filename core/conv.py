@@ -25,8 +25,7 @@ Tested by tests/test_core_gradcheck.py (strides 1 and 2, pads 0 and 1, 1 to 4 ch
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from core.layers import Layer, REQUIRED, column_sum, per_channel
-from core.parallel import run_chunks, split_rows
+from core.layers import Layer, REQUIRED, column_sum, per_channel, sample_chunks
 
 
 def _windows(x, kh, kw, stride, ho, wo):
@@ -44,34 +43,21 @@ def _image_input(layer):
     return layer.input_shape
 
 
-class _Buffers:
-    """Scratch arrays reused across calls while the shape stays the same (big im2col
-    matrices: allocating ~100 MB per step costs page faults, not just malloc)."""
-
-    def _buffer(self, name, shape, dtype, zero=False):
-        buf = self.__dict__.get("_buf_" + name)
-        if buf is None or buf.shape != shape or buf.dtype != dtype:
-            buf = (np.zeros if zero else np.empty)(shape, dtype)
-            self.__dict__["_buf_" + name] = buf
-        return buf
-
-
-class Conv2D(Layer, _Buffers):
+class Conv2D(Layer):
     """2-D convolution (cross-correlation, as in every framework), NHWC, W (kh, kw, Cin, Cout).
 
     The batch goes through in chunks of a few samples: im2col of one chunk, its GEMM, next
-    chunk.  A chunk's cols (~CHUNK_ELEMENTS floats, about 1 MB) stay in the CPU cache between
-    the copy that writes them and the GEMM that reads them; the im2col matrix of a whole batch
-    (29 MB for the cnn preset's second conv) would go out to DRAM and back, and a GEMM with
-    only Cout = 32..64 columns is limited by that traffic (measured: ~1.4x faster chunked).
+    chunk.  A chunk's cols (about 1 MB, `sample_chunks`) stay in the CPU cache between the
+    copy that writes them and the GEMM that reads them; the im2col matrix of a whole batch
+    (29 MB for the cnn preset's second conv) would go out to memory and back, and a GEMM with
+    only Cout = 32..64 columns is limited by that traffic (launch/docs/benchmarks.md).
     Backward redoes the chunk's im2col from the padded input instead of keeping the big
-    matrix: copying from cache is cheaper than reading it back from DRAM, and a step's memory
-    stays at the size of the activations."""
+    matrix: copying from cache is cheaper than reading it back from memory, and a step's
+    memory stays at the size of the activations."""
     type_name = "conv"
     KEYS = {"out": (int, REQUIRED, "positive"), "kernel": (int, REQUIRED, "positive"),
             "stride": (int, 1, "positive"), "pad": (int, 0, "nonnegative")}
     decay = ("W",)
-    CHUNK_ELEMENTS = 2 ** 18              # floats of im2col per chunk: 1 MB, ~ the L2 cache
 
     def __init__(self, index, input_shape, out, kernel, stride, pad):
         super().__init__(index, input_shape)
@@ -105,26 +91,20 @@ class Conv2D(Layer, _Buffers):
         xp[:, p:p + h, p:p + w, :] = x
         return xp
 
-    def _chunks(self, b, ho, wo, kdim, elements=None):
-        """(start, stop) sample ranges whose im2col (n*ho*wo, kdim) is ~CHUNK_ELEMENTS."""
-        n = max(1, (elements or self.CHUNK_ELEMENTS) // (ho * wo * kdim))
-        return [(i, min(i + n, b)) for i in range(0, b, n)], n
-
-    def _im2col(self, windows, i, j, name):
+    def _im2col(self, windows, i, j, chunk, name):
         """cols (n*ho*wo, kh*kw*C) of samples i:j, from the windows view (B, ho, wo, kh, kw, C)
-        of the whole padded input, in a reused buffer.  The view is made once per call of the
-        layer, not per chunk: as_strided costs ~6 us of Python, about 7 ms of a best step."""
+        of the whole padded input, in a reused buffer of `chunk` samples."""
         _, ho, wo, kh, kw, c = windows.shape
-        cols = self._buffer(name, (self._chunk_n, ho, wo, kh, kw, c), windows.dtype)[:j - i]
+        cols = self._buffer(name, (chunk, ho, wo, kh, kw, c), windows.dtype)[:j - i]
         np.copyto(cols, windows[i:j])                              # the only copy
         return cols.reshape((j - i) * ho * wo, kh * kw * c)
 
     def _im2col_one_channel(self, xp, name):
         """Cin = 1 (the first layer sees the image): cols transposed, with a row of ones,
         (kh*kw + 1, B*Ho*Wo).  With one channel the rows of the usual cols are runs of only
-        kw numbers, and the copy that packs them crawls (~10 ms a batch); transposed, offset
-        (i, j) of every window is one strided slice of the image, copied in one go (~0.5 ms),
-        and the GEMMs read the matrix transposed at no cost.  The row of ones is the bias as
+        kw numbers, and the copy that packs them crawls; transposed, offset (i, j) of every
+        window is one strided slice of the image, copied in one go, and
+        the GEMMs read the matrix transposed at no cost.  The row of ones is the bias as
         an input that is always 1: the GEMM then adds b (a pass over the whole output saved)
         and backward's GEMM yields db with dW.  Kept for backward: 10 numbers per pixel."""
         k, s, ho, wo = self.k, self.s, self.ho, self.wo
@@ -148,20 +128,16 @@ class Conv2D(Layer, _Buffers):
             cols_t = self._im2col_one_channel(xp, "cols_t" if train else "cols_t_eval")
             w_b = self._buffer("w_b", (kdim + 1, self.out), x.dtype)
             w_b[:kdim], w_b[kdim] = W2, self.b                     # [W; b] (kh*kw + 1, Cout)
-            run_chunks(lambda worker, i, j, first: np.matmul(       # on every core:
-                cols_t.T[i * hw:j * hw], w_b, out=y[i * hw:j * hw]),  # (n*Ho*Wo, kh*kw + 1)
-                split_rows(b))                                     #   @ [W; b]
+            np.matmul(cols_t.T, w_b, out=y)          # (B*Ho*Wo, kh*kw + 1) @ [W; b]: y = cols W + b
             return y.reshape(b, self.ho, self.wo, self.out)
-        chunks, self._chunk_n = self._chunks(b, self.ho, self.wo, kdim)
+        chunks = sample_chunks(b, hw * kdim)
         bias = per_channel(self.b, hw)                             # (Ho*Wo*Cout,)
-        windows = _windows(xp, self.k, self.k, self.s, self.ho, self.wo)
-
-        def chunk(worker, i, j, first):                            # samples i:j
-            cols = self._im2col(windows, i, j, f"cols{worker}")
+        windows = _windows(xp, self.k, self.k, self.s, self.ho, self.wo)   # a view, no copy
+        for i, j in chunks:                                        # samples i:j
+            cols = self._im2col(windows, i, j, chunks[0][1], "cols")
             yc = y[i * hw:j * hw]                                  # contiguous rows
             np.matmul(cols, W2, out=yc)                            # (n*Ho*Wo, Cout): the GEMM
             yc.reshape(j - i, -1)[...] += bias                     # while it is in cache
-        run_chunks(chunk, chunks)                                  # on every core (parallel.py)
         return y.reshape(b, self.ho, self.wo, self.out)
 
     def backward(self, dy):                                        # dy (B, Ho, Wo, Cout)
@@ -172,31 +148,18 @@ class Conv2D(Layer, _Buffers):
         dW = self.dW.reshape(kdim, self.out)
         if c == 1:                                                 # forward's cols, kept
             cols_t = self._buffer("cols_t", (kdim + 1, b, ho, wo), dy.dtype).reshape(kdim + 1, -1)
-            dw_db = self._buffer("dw_db", (kdim + 1, self.out), dy.dtype)
-
-            def rows(worker, i, j, first):                         # one sum per worker
-                part = dw_db if worker == 0 else self._buffer(f"dw_db{worker}", dw_db.shape,
-                                                              dw_db.dtype)
-                np.matmul(cols_t[:, i * hw:j * hw], dy2[i * hw:j * hw], out=part)
-            for worker in range(1, run_chunks(rows, split_rows(b))):   # (K + 1, n) @ (n, Cout)
-                dw_db += self._buffer(f"dw_db{worker}", dw_db.shape, dw_db.dtype)
+            dw_db = cols_t @ dy2                                   # (K + 1, N) @ (N, Cout)
             dW[...], self.db[...] = dw_db[:kdim], dw_db[kdim]      # [dW; db]
         else:
-            chunks, self._chunk_n = self._chunks(b, ho, wo, kdim)
+            chunks = sample_chunks(b, hw * kdim)
             windows = _windows(self.xp, k, k, s, ho, wo)
-
-            def chunk(worker, i, j, first):                        # one sum per worker
-                cols = self._im2col(windows, i, j, f"cols{worker}")  # again
-                # dW = sum over chunks of cols^T @ dy: (K, n*Ho*Wo) @ (n*Ho*Wo, Cout)
-                total = self._buffer(f"dW_sum{worker}", dW.shape, dW.dtype)
-                part = total if first else self._buffer(f"dW_part{worker}", dW.shape, dW.dtype)
-                np.matmul(cols.T, dy2[i * hw:j * hw], out=part)
-                if not first:
-                    total += part
-            workers = run_chunks(chunk, chunks)
-            dW[...] = self._buffer("dW_sum0", dW.shape, dW.dtype)
-            for worker in range(1, workers):                       # in worker order: repeatable
-                dW += self._buffer(f"dW_sum{worker}", dW.shape, dW.dtype)
+            for i, j in chunks:                                    # dW = sum over chunks of
+                cols = self._im2col(windows, i, j, chunks[0][1], "cols")   # cols^T dy, with
+                part = cols.T @ dy2[i * hw:j * hw]                 # the chunk's im2col again:
+                if i == 0:                                         # (K, n*Ho*Wo) @ (n*Ho*Wo, Cout)
+                    dW[...] = part
+                else:
+                    dW += part
             column_sum(dy2, out=self.db)                           # (Cout,)
         if not self.need_dx:
             return None
@@ -221,7 +184,7 @@ class Conv2D(Layer, _Buffers):
         (dy read as 0 outside the image), Wsub_ac = W[taps_a][:, taps_c], (T_a, T_c, Cin, Cout).
         Each phase is a chunked im2col + GEMM writing its rows of dx; no window overlaps, so
         nothing is added back (a col2im scatter of k*k strided adds whose inner loop runs over
-        only Cin numbers is ~3x slower).  For s = 1 it is the single phase: dx is the
+        only Cin numbers is several times slower).  For s = 1 it is the single phase: dx is the
         correlation of dy, zero-padded by k-1-p, with the flipped kernel.  The number of
         multiply-adds is that of the dx GEMM in im2col form: each (kernel offset, output pixel)
         pair is used once."""
@@ -253,21 +216,15 @@ class Conv2D(Layer, _Buffers):
                 wsub = self.W[row_taps][:, col_taps].transpose(0, 1, 3, 2).reshape(-1, c)
                 src = dyp[:, top + f_row:, left + f_col:, :]       # window (u, v) starts at (u, v)
                 phase = dx[:, a::s, c0::s, :]                      # (B, hu, wu, Cin) view
-                kdim = th * tw * self.out
-                chunks, self._chunk_n = self._chunks(b, hu, wu, kdim)
+                chunks = sample_chunks(b, hu * wu * th * tw * self.out)
                 shape = f"{th}x{tw}:{hu}x{wu}"                      # buffers per phase shape
                 windows = _windows(src, th, tw, 1, hu, wu)
-
-                def chunk(worker, i, j, first):
-                    cols = self._im2col(windows, i, j, f"dcols{worker}_{shape}")
+                for i, j in chunks:
+                    dcols = self._im2col(windows, i, j, chunks[0][1], f"dcols{shape}")
                     if s == 1:                                     # the phase is all of dx
-                        np.matmul(cols, wsub, out=dx[i:j].reshape(-1, c))
-                    else:
-                        part = self._buffer(f"dx{worker}_{shape}", (self._chunk_n * hu * wu, c),
-                                            dy.dtype)[:(j - i) * hu * wu]
-                        np.matmul(cols, wsub, out=part)            # (n*hu*wu, Cin)
-                        phase[i:j] = part.reshape(j - i, hu, wu, c)
-                run_chunks(chunk, chunks)
+                        np.matmul(dcols, wsub, out=dx[i:j].reshape(-1, c))
+                    else:                                          # (n*hu*wu, Cin)
+                        phase[i:j] = (dcols @ wsub).reshape(j - i, hu, wu, c)
         return dx
 
 
@@ -304,21 +261,14 @@ class MaxPool2D(Layer):
         s = self.s
         return a[:, i:i + s * (self.ho - 1) + 1:s, j:j + s * (self.wo - 1) + 1:s, :]
 
-    CHUNK_ELEMENTS = 2 ** 18              # floats of input per chunk of samples
-
-    def _sample_chunks(self, b):
-        """Chunks of samples for the cores (core/parallel.py): every window is in one sample."""
-        n = max(1, self.CHUNK_ELEMENTS // int(np.prod(self.input_shape)))
-        return [(i, min(i + n, b)) for i in range(0, b, n)]
-
+    # Both directions go chunk by chunk (`sample_chunks`): the k*k passes over a chunk find
+    # it in the cache.
     def forward(self, x, train):                                   # x (B, H, W, C)
         y = np.empty((len(x), self.ho, self.wo, x.shape[3]), x.dtype)   # (B, Ho, Wo, C)
-
-        def chunk(worker, i, j, first):
+        for i, j in sample_chunks(len(x), np.prod(self.input_shape)):
             np.copyto(y[i:j], self._offset(x[i:j], 0))
-            for o in range(1, self.k * self.k):
-                np.maximum(y[i:j], self._offset(x[i:j], o), out=y[i:j])   # branch-free running max
-        run_chunks(chunk, self._sample_chunks(len(x)))
+            for o in range(1, self.k * self.k):                    # branch-free running max
+                np.maximum(y[i:j], self._offset(x[i:j], o), out=y[i:j])
         if train:
             self.x, self.y = x, y                                  # x is the previous output anyway
         return y
@@ -326,8 +276,8 @@ class MaxPool2D(Layer):
     def backward(self, dy):                                        # dy (B, Ho, Wo, C)
         dx = np.empty(self.x.shape, dy.dtype)                      # (B, H, W, C)
         backward = self._backward_tiles if self.tiles else self._backward_offsets
-        run_chunks(lambda worker, i, j, first: backward(self.x[i:j], self.y[i:j], dy[i:j], dx[i:j]),
-                   self._sample_chunks(len(dy)))
+        for i, j in sample_chunks(len(dy), np.prod(self.input_shape)):
+            backward(self.x[i:j], self.y[i:j], dy[i:j], dx[i:j])
         return dx
 
     def _backward_tiles(self, x, y, dy, dx):
@@ -335,7 +285,7 @@ class MaxPool2D(Layer):
         As (n, Ho, k, Wo, k, C), every window's inputs sit on axes 2
         and 4, and y and dy broadcast over them.  One comparison marks the maxima and one
         multiply writes dx: two passes over x, against several per window offset in
-        _backward_offsets (1.4-1.9x faster at cnn's first pool).  The same result, ties
+        _backward_offsets.  The same result, ties
         included: where a window has several maxima, only its first keeps the gradient."""
         k = self.k
         tiles = (len(dy), self.ho, k, self.wo, k, dy.shape[3])

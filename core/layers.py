@@ -18,36 +18,38 @@ the aliasing; rebinding (`self.W = self.W - ...`) would silently break it.
 Shapes are per sample in `input_shape`/`out_shape` (no batch dimension) and carry the
 batch dimension B first in the arrays: (B, F) for features, (B, H, W, C) for images.
 
-Matrix products are written `np.matmul(a, b)` rather than `a @ b` everywhere in core/: the
-benchmark records them by wrapping np.matmul (launch/gemm_ceiling.py), which `@` bypasses.
-
 Conv2D and MaxPool2D live in core/conv.py, BatchNorm in core/norm.py; spec validation
 and the type registry in core/spec.py.  Tested by tests/test_core_gradcheck.py.
 """
 import numpy as np
 
-from core.parallel import run_chunks, split_rows
-
 REQUIRED = object()   # marker in KEYS: the spec must give this key
-_ONES = {}            # (n, dtype) -> a vector of n ones, for column_sum
 
 
 def column_sum(a, out):
-    """out (C,) = sum of the rows of a (N, C), as a GEMV with a ones vector: BLAS streams the
-    rows ~3x faster than numpy's row-by-row reduction along axis 0 (float32 accumulation,
-    fine for a gradient; batch-norm statistics use per-sample blocks, see core/norm.py)."""
-    key = (a.shape[0], a.dtype)
-    if key not in _ONES:
-        _ONES[key] = np.ones(a.shape[0], a.dtype)
-    return np.matmul(_ONES[key], a, out=out)
+    """out (C,) = sum of the rows of a (N, C): a product with a vector of ones, which BLAS
+    streams through in one pass (numpy's reduction along axis 0 is slower, see
+    launch/docs/benchmarks.md).  Used for the biases' gradients: db = sum over rows of dy."""
+    return np.matmul(np.ones(len(a), a.dtype), a, out=out)
 
 
 def per_channel(v, p, dtype=None):
     """A (C,) vector of per-channel values repeated for P positions: (P*C,), to broadcast over
-    activations seen as rows (B, P*C), one sample a row.  numpy's inner loop runs along the
-    last axis; against a (C,) vector on (B*P, C) it restarts every C numbers (32 here), and
-    the per-channel scale, shift and subtract run ~2x slower than on long rows (measured)."""
+    activations seen as rows (B, P*C), one sample a row.  Against a (C,) vector on (B*P, C)
+    numpy's inner loop would restart every C numbers; on long rows it runs at full speed."""
     return np.tile(np.asarray(v, dtype), p)
+
+
+CHUNK_ELEMENTS = 2 ** 18   # numbers in a chunk of samples: 1 MB of float32, ~ a core's L2 cache
+
+
+def sample_chunks(batch, per_sample):
+    """(start, stop) ranges of the batch's samples, each holding ~CHUNK_ELEMENTS numbers of an
+    array with `per_sample` numbers a sample.  A layer that makes several passes over its
+    data makes them chunk by chunk: the second pass finds the chunk still in the cache
+    instead of reading it back from memory."""
+    n = max(1, CHUNK_ELEMENTS // max(int(per_sample), 1))
+    return [(i, min(i + n, batch)) for i in range(0, batch, n)]
 
 
 class Layer:
@@ -79,6 +81,16 @@ class Layer:
         self.state[name] = value
         setattr(self, name, value)          # e.g. self.running_mean
 
+    def _buffer(self, name, shape, dtype, zero=False):
+        """A work array kept from call to call while its shape stays the same: a fresh array
+        of several MB costs page faults on every step, which take longer than the arithmetic
+        on it.  (zero=True: made with zeros, for buffers whose border is never written.)"""
+        buf = self.__dict__.get("_buf_" + name)
+        if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
+            buf = (np.zeros if zero else np.empty)(shape, dtype)
+            self.__dict__["_buf_" + name] = buf
+        return buf
+
     # --- shapes and cost ---------------------------------------------------------------
     @property
     def out_shape(self):
@@ -104,7 +116,10 @@ class Layer:
 
 
 class Dense(Layer):
-    """Fully connected: y = x W + b, with W (F, O)."""
+    """Fully connected: y = x W + b, with W (F, O).  Backward, for the batch's dy = dL/dy:
+
+        dW = x^T dy        db = sum over the batch of dy        dx = dy W^T
+    """
     type_name = "dense"
     KEYS = {"out": (int, REQUIRED, "positive")}
     decay = ("W",)
@@ -126,33 +141,14 @@ class Dense(Layer):
     def fans(self):
         return self.input_shape[0], self.out
 
-    # The rows (samples) are split over the process's cores (core/parallel.py): each worker
-    # multiplies its own rows with one BLAS thread, so BLAS's own thread pool never runs.
     def forward(self, x, train):             # x (B, F)
-        y = np.empty((len(x), self.out), x.dtype)
-
-        def rows(worker, i, j, first):
-            np.matmul(x[i:j], self.W, out=y[i:j])   # (n, F) @ (F, O) -> (n, O)
-            y[i:j] += self.b
-        run_chunks(rows, split_rows(len(x)))
         self.x = x if train else None
-        return y
+        return x @ self.W + self.b           # (B, F) @ (F, O) + (O,) -> (B, O)
 
     def backward(self, dy):                  # dy (B, O)
-        dx = np.empty(self.x.shape, dy.dtype) if self.need_dx else None
-        parts = self.__dict__.setdefault("_dW_parts", {})   # worker -> its (F, O) sum
-
-        def rows(worker, i, j, first):
-            dW = self.dW if worker == 0 else parts.get(worker)
-            if dW is None or dW.shape != self.dW.shape:
-                dW = parts[worker] = np.empty_like(self.dW)
-            np.matmul(self.x[i:j].T, dy[i:j], out=dW)     # (F, n) @ (n, O) -> (F, O)
-            if dx is not None:
-                np.matmul(dy[i:j], self.W.T, out=dx[i:j])  # (n, O) @ (O, F) -> (n, F)
-        for worker in range(1, run_chunks(rows, split_rows(len(dy)))):
-            self.dW += parts[worker]          # in worker order: bitwise repeatable
-        column_sum(dy, out=self.db)           # (O,)
-        return dx
+        np.matmul(self.x.T, dy, out=self.dW)  # dW = x^T dy: (F, B) @ (B, O) -> (F, O)
+        column_sum(dy, out=self.db)           # db = sum over the batch of dy: (O,)
+        return dy @ self.W.T if self.need_dx else None   # dx: (B, O) @ (O, F) -> (B, F)
 
 
 class ReLU(Layer):
@@ -173,10 +169,8 @@ class ReLU(Layer):
         if self.done_before:
             return dy
         # In place, with a reused mask: no fresh arrays.  (A masked copyto(where=) looks
-        # cheaper but branches per element and is ~5x slower on real, half-off masks.)
-        on = self.__dict__.get("_on")
-        if on is None or on.shape != dy.shape:
-            on = self._on = np.empty(dy.shape, bool)
+        # cheaper but branches per element: several times slower on real, half-off masks.)
+        on = self._buffer("on", dy.shape, np.bool_)
         np.greater(self.y, 0, out=on)
         return np.multiply(dy, on, out=dy)
 

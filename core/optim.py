@@ -23,7 +23,6 @@ import numbers
 
 import numpy as np
 
-from core.parallel import run_chunks
 
 
 class SGD:
@@ -62,20 +61,14 @@ class SGD:
         if theta.shape != (self.size,) or grad.ndim != 1 or not 0 <= lo <= hi <= self.size:
             raise ValueError(f"SGD: theta must have shape ({self.size},) and grad be a slice of "
                              f"it, got {theta.shape} and {grad.shape} at offset {lo}")
-        # Blocks of BLOCK elements: the eight passes below then read and write a block that
-        # stays in the caches (L2 and L3), instead of streaming the whole arena from memory
-        # eight times.  The blocks go to the process's cores (core/parallel.py); each block's
-        # arithmetic is the same whichever core does it, so the result does not depend on the
-        # core count.  Why not smaller blocks: each costs eight numpy calls, and two threads
-        # trading the GIL between short calls lose more than the cache saves (measured, 2
-        # cores: the mlp's 670k parameters 1.1-1.3 ms a step in blocks of 2**16, 0.6-0.8 ms
-        # in blocks of 2**18; an arena of 110k, 0.23 ms split over 2 cores, 0.16 ms as one block).
-        def block(worker, start, stop, first):
+        # Block by block: the eight passes of _update then read and write a block that stays
+        # in the caches, instead of streaming the whole arena from memory eight times.  Each
+        # element's arithmetic is the same in any block, so the result does not depend on it.
+        for start in range(lo, hi, self.BLOCK):
+            stop = min(start + self.BLOCK, hi)
             self._update(theta[start:stop], grad[start - lo:stop - lo], self.velocity[start:stop],
                          self._scratch[start:stop],
                          self._decay[start:stop] if self.weight_decay else None, lr)
-        run_chunks(block, [(start, min(start + self.BLOCK, hi))
-                           for start in range(lo, hi, self.BLOCK)])
 
     def _update(self, theta, grad, v, g, decay, lr):
         dt = self.dtype.type

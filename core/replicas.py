@@ -5,16 +5,17 @@
     out = net.forward(x, train=True, noise=keyed_noise(seed, epoch, idx))   # (B, 10)
     loss, dout = softmax_cross_entropy(out, y, divisor=B)
     net.backward(dout)                          # model.grad: the gradient of the whole batch
+    scores = net.forward(x, train=False)        # evaluation: each copy scores its rows
 
-Why it exists.  Splitting every layer over the cores (core/parallel.py) hands the work over
-between threads at every layer, and what is not split (dropout's keyed masks, the loss, small
-layers) runs on one core while the other waits.  Here thread k runs the whole forward and
-backward of its own rows of the batch, as rank k of n ranks would, and the threads meet only
-where ranks meet: batch norm's sums and the gradient sum.  Measured on the best preset, one
-process x 2 threads: launch/docs/benchmarks.md.
+This is the only way core/ uses several cores.  Thread k runs the whole forward and backward
+of its own rows of the batch, as rank k of n ranks would, and the threads meet only where
+ranks meet: in batch norm's sums and in the gradient sum.  numpy releases the GIL inside its
+copies, elementwise operations and matrix products, so n threads keep n cores busy with
+all of the work, and each layer stays the plain numpy of its docstring.
 
 The copies.  Copy 0 is the model itself; copy k is `model.replica()`: its parameters are views
-of the model's theta, its gradient arena, layer caches and running statistics are its own.
+of the model's theta, its gradient arena, layer caches and running statistics are its own
+(only the model's count: in evaluation every copy takes the model's).
 After backward the gradients are added into model.grad in copy order (each thread adds one
 block of the arena), so the result is the same every run.
 
@@ -28,12 +29,40 @@ would hold -- and computes what that rank computes.  So 1 process x 2 threads tr
 bit as 2 ranks x 1 thread do (tests/test_dist_invariance.py), and like one model up to float
 rounding (tests/test_core_replicas.py).
 An error in any copy ends the call in every copy (the barriers are broken) and is re-raised.
+
+BLAS.  Each copy's products run on its own thread, so BLAS itself should use one:
+`blas_on_one_thread()`.  OpenBLAS's threads also keep spinning for a while after each call,
+which would take a core from the copies (launch/docs/benchmarks.md has the measurement).
 """
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
-from core.parallel import run_workers
+_POOLS = {}           # n -> a pool of n - 1 threads, made once (the caller is thread 0)
+
+
+def blas_on_one_thread():
+    """This process's BLAS runs every product on the calling thread, for good: the
+    parallelism comes from the copies (or the ranks), never from inside a product."""
+    threadpool_limits(1, user_api="blas")
+
+
+def run_threads(work, n: int):
+    """work(k) for k in 0..n-1 at once: k = 0 on this thread, the others on a pool's threads.
+    Waits for all of them, then re-raises the first error."""
+    if n <= 1:
+        return work(0)
+    pool = _POOLS.get(n) or _POOLS.setdefault(n, ThreadPoolExecutor(n - 1))
+    others = [pool.submit(work, k) for k in range(1, n)]
+    try:
+        work(0)
+    finally:
+        errors = [f.exception() for f in others]      # waits for every thread
+    for error in errors:
+        if error is not None:
+            raise error
 
 
 class _Sum:
@@ -63,6 +92,8 @@ class Replicas:
     def __init__(self, model, n: int):
         self.model = model
         self.copies = [model] + [model.replica() for _ in range(max(1, int(n)) - 1)]
+        if len(self.copies) > 1:
+            blas_on_one_thread()         # the copies are the parallelism, not BLAS's threads
 
     def _rows(self, b):
         """The rows of every active copy (at most b copies): copy k of n takes rows k, k + n,
@@ -90,7 +121,7 @@ class Replicas:
                 total.barrier.abort()                # the other copies stop waiting
                 raise
         try:
-            run_workers(guarded, n)
+            run_threads(guarded, n)
         except threading.BrokenBarrierError:
             if errors:
                 raise errors[0] from None
@@ -103,6 +134,9 @@ class Replicas:
         """x (B, 28, 28, 1) -> outputs (B, 10), as Model.forward: copy k computes rows k::n."""
         if len(self._rows(len(x))) == 1:
             return self.model.forward(x, train, noise)
+        if not train:                    # evaluation uses the running statistics: the model's
+            for copy in self.copies[1:]:
+                copy.state[...] = self.model.state
         out = [None] * len(self.copies)
 
         def work(k, rows):

@@ -10,9 +10,11 @@ What the training command uses (import each from its module, e.g. `data.prepare`
         -> Shard(images, labels, indices, batch_offsets)
     steps_per_epoch(n_train_samples, batch_size), split_train_val(split_seed, val_size, n_train)
     read_split(path, "val" | "test", split_seed=0, val_size=5000) -> (images, labels, indices)
-    normalize(images_uint8) -> float32 (B, 28, 28, 1); MEAN, STD
-    DataError: every user-fixable data problem, with a one-line message
+    training_input(images, keys, spec, data_cfg), evaluation_input(images, spec)
+        uint8 (B, 28, 28) -> float32 network input (B, 28, 28, 1): data.pipeline
+    DataError: every user-fixable data problem, with a one-line message (a UserError)
 
 Modules, bottom up: errors, checksums, idx, verify, download, wheel, sources, hdf5, shards,
-prepare. `python -m data.prepare --help` is the command-line entry point.
+prepare; then pipeline, the path from uint8 images to network input. `python -m data.prepare
+--help` is the command-line entry point.
 """

@@ -19,11 +19,10 @@ DESIGN.md), and local batch sizes differ by at most one. A rank's `Shard` is its
 global batches of the epoch, concatenated in batch order, read at the start of the epoch.
 
 Reading: h5py's fancy indexing (`ds[sorted_list]`) builds a selection row by row and is slow
-for tens of thousands of scattered rows: 3.5 s for half of the 55000 training rows, 1.7 s for a
-quarter. Reading the file in contiguous blocks of whole chunks and picking this rank's rows
-from each block takes 40 ms and 30 ms (measured on a shared 2-core machine with the file in the
-page cache; `python -m data.shards FILE` repeats the measurement). It holds only the
-shard plus one block (6.4 MB) in memory, and reads every byte of the file once at most.
+for tens of thousands of scattered rows. Reading the file in contiguous blocks of whole chunks
+and picking this rank's rows from each block is tens of times faster (launch/docs/benchmarks.md).
+It holds only the shard plus one block (6.4 MB) in memory, and reads every byte of the file
+once at most.
 
 Run `python -m data.shards FILE` to time both reading methods on a prepared file.
 """
@@ -36,7 +35,6 @@ import numpy as np
 
 from .hdf5 import CHUNK_ROWS, open_h5
 
-MEAN, STD = 0.1307, 0.3081          # of MNIST training pixels on the 0..1 scale
 SPLIT_TAG = 0x56414C                # "VAL": keeps the split's RNG stream apart from epochs'
 BLOCK_ROWS = 8 * CHUNK_ROWS         # rows per contiguous read: 6.4 MB of images
 
@@ -139,15 +137,6 @@ def read_split(path, name: str, split_seed: int = 0,
         _, val_idx = split_train_val(split_seed, val_size, n_train=f["/train/images"].shape[0])
         return (read_rows(f["/train/images"], val_idx), read_rows(f["/train/labels"], val_idx),
                 val_idx)
-
-
-def normalize(images: np.ndarray) -> np.ndarray:
-    """uint8 (B, 28, 28) -> float32 (B, 28, 28, 1): (x/255 - MEAN) / STD."""
-    x = images.astype(np.float32)[..., None]
-    x *= np.float32(1 / 255)
-    x -= np.float32(MEAN)
-    x /= np.float32(STD)
-    return x
 
 
 def benchmark(path, repeats: int = 3) -> None:

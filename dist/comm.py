@@ -14,14 +14,16 @@ A thin wrapper over mpi4py in the spirit of ChainerMN's communicators:
 * ``shared_vectors(n)``: when every rank is on one node, one MPI shared-memory window in which
   each rank owns n floats that all the others can read -- the same two halves done with plain
   numpy reads and two barriers per step, instead of MPI's message handshakes;
-* ``bcast(obj)`` for small Python objects (configs, run names);
-* ``agree(ok, message)``: every rank contributes a flag; if any rank failed, *all* ranks raise
-  the same ``ExpectedError`` together, so a bad config or unreadable shard is reported once
-  (by rank 0) instead of leaving the healthy ranks blocked in the next collective;
-  ``collectively(fn)`` runs fn on every rank that way, ``on_root(fn)`` on rank 0 alone;
-* ``wait_for_root()``: the ranks that wait while rank 0 evaluates and writes checkpoints poll a
-  non-blocking barrier with short sleeps instead of spinning a core inside a blocking call
-  (MPICH busy-polls), which matters when ranks outnumber cores.
+* ``bcast(obj)``, ``allgather(obj)`` for small Python objects (configs, run names, messages);
+* ``wait_for_root()`` and ``any_true(flag)``: the ranks that wait while rank 0 evaluates and
+  writes checkpoints poll a non-blocking barrier (or sum) with short sleeps instead of spinning
+  a core inside a blocking call (MPICH busy-polls), which matters when ranks outnumber cores.
+
+Two neighbours use it: dist/cores.py decides how the node's cores are shared among its ranks
+(``comm.cores``: threads per rank, and whether ranks outnumber cores, in which case every
+collective here polls and yields instead of blocking), and dist/collective.py makes the ranks
+agree on a user error so that it ends every rank with one line (``agree``, ``collectively``,
+``on_root``, ``run_main``).
 
 Without ``mpirun`` everything works with ``size == 1`` and the collectives are no-ops.
 
@@ -46,10 +48,9 @@ import numpy as np
 #   failed". mpigrad's only one-sided use is the shared-memory window of one node
 #   (shared_vectors), which Open MPI's `sm` component serves, so the UCX one is left out.
 # * MPICH: its default all-gather for large vectors is a ring that sends in 32 kB chunks, each
-#   waiting for the one before: between two fake hosts over 1 Gbit/s with 100 us of latency
-#   (launch.fakehosts --link 1gbit:100us), 2 ranks took 25 ms to all-gather 2.7 MB that take
-#   11 ms on the wire, 4 ranks 85 ms; recursive doubling sends each rank's part in one message
-#   per round: 12 and 25 ms.
+#   waiting for the one before, so over a link with latency it takes several times the wire
+#   time; recursive doubling sends each rank's part in one message per round (measured between
+#   fake hosts: launch/docs/benchmarks.md).
 MPI_DEFAULTS = {"OMPI_MCA_osc": "^ucx",
                 "MPIR_CVAR_ALLGATHERV_INTRA_ALGORITHM": "recursive_doubling"}
 for _key, _value in MPI_DEFAULTS.items():
@@ -57,8 +58,7 @@ for _key, _value in MPI_DEFAULTS.items():
 
 from mpi4py import MPI  # noqa: E402  (starts MPI: after the defaults above)
 
-from data.errors import DataError
-from dist.errors import ExpectedError
+from dist.cores import CoreShare, my_cores, share_cores
 from dist.shm import unlink_mapped
 
 
@@ -74,42 +74,27 @@ MPI_FLOAT_TYPES = {np.dtype(np.float32): MPI.FLOAT, np.dtype(np.float64): MPI.DO
 
 
 class Comm:
-    def __init__(self, world: MPI.Comm | None = None):
+    def __init__(self, world: MPI.Comm | None = None, cores: CoreShare | None = None):
         self.world = world if world is not None else MPI.COMM_WORLD
         self.rank = self.world.Get_rank()
         self.size = self.world.Get_size()
-        # Ranks sharing this node (and its cores): the basis for BLAS threads per rank.
+        # The ranks sharing this node, and so its memory and its cores.
         node = self.world.Split_type(MPI.COMM_TYPE_SHARED) if self.size > 1 else None
         self.local_rank = node.Get_rank() if node is not None else 0
         self.local_size = node.Get_size() if node is not None else 1
-        # Cores this rank may use for BLAS. A launcher that pins ranks (srun --cpus-per-task,
-        # mpirun --bind-to) gives each rank its own disjoint set: use all of it. Otherwise all
-        # ranks on the node share the same cores: divide them.
-        mine = os.sched_getaffinity(0)
-        sets = node.allgather(sorted(mine)) if node is not None else [sorted(mine)]
-        shared = len(set().union(*map(set, sets)))
-        disjoint = sum(len(s) for s in sets) == shared
-        self.cores_per_rank = len(mine) if disjoint else max(1, shared // self.local_size)
-        # More ranks than cores on this node: a rank that waits must give its core away.
-        self.oversubscribed = self.local_size > shared
+        # How the node's cores are shared (dist/cores.py), from every rank's CPU affinity; a
+        # sub-communicator is handed the job's share, since its ranks still share the node.
+        if cores is None:
+            mine = my_cores()
+            cores = share_cores(mine, node.allgather(mine) if node is not None else [mine])
+        self.cores = cores
         if node is not None:
             node.Free()
 
-    @property
-    def root_threads(self) -> int:
-        """BLAS threads for work rank 0 does while the other ranks of this communicator sleep
-        (evaluation): the cores of all of them. Not all of the node's: in an ensemble, the
-        other groups' roots evaluate at the same time."""
-        mine = len(os.sched_getaffinity(0))
-        return max(1, min(mine, self.cores_per_rank * self.local_size))
-
     def split(self, color: int) -> "Comm":
-        """The sub-communicator of the ranks that pass the same ``color`` (ensemble groups).
-
-        The groups still share this node's cores, so BLAS threads and oversubscription are
-        those of the whole job: 3 groups of 1 rank on 2 cores are oversubscribed, although
-        each group alone would think it had both cores."""
-        return self._inherit(Comm(self.world.Split(color=color, key=self.rank)))
+        """The sub-communicator of the ranks that pass the same ``color`` (ensemble groups),
+        with the whole job's share of the cores (dist/cores.py)."""
+        return Comm(self.world.Split(color=color, key=self.rank), self.cores)
 
     @property
     def is_root(self) -> bool:
@@ -131,7 +116,7 @@ class Comm:
         on a core another rank needs for its forward pass, so we poll and yield instead."""
         if self.size == 1:
             return buf
-        if self.oversubscribed:
+        if self.cores.oversubscribed:
             self._yield_until_done(self.world.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM))
         else:
             self.world.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
@@ -140,9 +125,8 @@ class Comm:
     @staticmethod
     def _yield_until_done(request: MPI.Request) -> None:
         """Each round of a collective needs every rank to poll; yielding (instead of sleeping)
-        lets a rank that still computes have the core, yet answers at once.  (Measured: falling
-        back to sleeps of 50 us - 1 ms after 1 ms of yielding cut mlp at 4 ranks on 2 cores
-        from 7,000-9,400 to ~4,000 images/s: each sleep delays every round of the collective.)"""
+        lets a rank that still computes have the core, yet answers at once.  (Sleeping instead
+        delays every round of the collective: launch/docs/benchmarks.md has the measurement.)"""
         while not request.Test():
             os.sched_yield()
 
@@ -155,7 +139,7 @@ class Comm:
         """A barrier that yields the core while it waits when ranks outnumber cores."""
         if self.size == 1:
             return
-        if self.oversubscribed:
+        if self.cores.oversubscribed:
             self._yield_until_done(self.world.Ibarrier())
         else:
             self.world.Barrier()
@@ -182,7 +166,7 @@ class Comm:
         if self.size == 1:
             out[...] = buf
             return out
-        if self.oversubscribed:
+        if self.cores.oversubscribed:
             self._yield_until_done(self.world.Ireduce_scatter(buf, out, counts, op=MPI.SUM))
         else:
             self.world.Reduce_scatter(buf, out, counts, op=MPI.SUM)
@@ -194,7 +178,7 @@ class Comm:
         if self.size == 1:
             return buf
         spec = [buf, counts, displs, MPI_FLOAT_TYPES[buf.dtype]]
-        if self.oversubscribed:
+        if self.cores.oversubscribed:
             self._yield_until_done(self.world.Iallgatherv(MPI.IN_PLACE, spec))
         else:
             self.world.Allgatherv(MPI.IN_PLACE, spec)
@@ -218,7 +202,7 @@ class Comm:
         """Complete the requests (yielding the core meanwhile when ranks outnumber cores)."""
         if not requests:
             return
-        if self.oversubscribed:
+        if self.cores.oversubscribed:
             while not MPI.Request.Testall(requests):
                 os.sched_yield()
         else:
@@ -227,15 +211,11 @@ class Comm:
     # -- several ranks per host: the ranks of this node, and one rank of every node ----------
     def node(self) -> "Comm":
         """The ranks on this node (they can share memory), in rank order."""
-        return self._inherit(Comm(self.world.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)))
+        return Comm(self.world.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank), self.cores)
 
     def across_nodes(self) -> "Comm":
         """The ranks with this rank's node-local rank, one per node, in rank order."""
-        return self._inherit(Comm(self.world.Split(color=self.local_rank, key=self.rank)))
-
-    def _inherit(self, sub: "Comm") -> "Comm":
-        sub.cores_per_rank, sub.oversubscribed = self.cores_per_rank, self.oversubscribed
-        return sub
+        return Comm(self.world.Split(color=self.local_rank, key=self.rank), self.cores)
 
     def allreduce_sum(self, array: np.ndarray) -> np.ndarray:
         """Out-of-place sum of a small array (batch-norm statistics, epoch totals)."""
@@ -257,42 +237,15 @@ class Comm:
         if self.size > 1:
             self._wait(self.world.Ibarrier())
 
-    def agree(self, ok: bool, message: str = "") -> None:
-        """Collective check: if any rank has ``ok == False``, every rank raises ExpectedError
-        carrying the message of the lowest failing rank (so it is printed once, by rank 0)."""
+    def any_true(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any rank. Ranks often wait here while rank 0 evaluates
+        or writes a checkpoint (dist/collective.py, ``on_root``): they sleep between polls, so
+        that they leave rank 0 every core."""
         if self.size == 1:
-            if not ok:
-                raise ExpectedError(message, everywhere=True)
-            return
-        # Ranks often wait here while rank 0 evaluates or writes a checkpoint (see
-        # Comm.on_root): sleep between polls so they leave rank 0 every core.
-        flags = np.array([0 if ok else 1], dtype=np.int32)
+            return flag
+        flags = np.array([1 if flag else 0], dtype=np.int32)
         self._wait(self.world.Iallreduce(MPI.IN_PLACE, flags, op=MPI.SUM))
-        if flags[0] == 0:
-            return
-        messages = self.world.allgather(None if ok else message)
-        first = next(m for m in messages if m is not None)
-        raise ExpectedError(first, everywhere=True)
-
-    def collectively(self, fn, *args, **kwargs):
-        """Run ``fn`` on every rank; if it fails with a user error on any rank, every rank
-        raises it (the message of the lowest failing rank, printed once by rank 0)."""
-        try:
-            result, error = fn(*args, **kwargs), None
-        except (ExpectedError, DataError) as err:
-            result, error = None, str(err)
-        self.agree(error is None, error or "")
-        return result
-
-    def on_root(self, fn, *args, **kwargs):
-        """Run ``fn`` on rank 0 only and share its result and its errors with every rank.
-        The other ranks wait in ``agree``, whose polls sleep: they leave rank 0 the cores."""
-        if self.is_root:
-            result = self.collectively(fn, *args, **kwargs)
-        else:
-            self.agree(True)
-            result = None
-        return self.bcast(result)
+        return bool(flags[0])
 
     def gather(self, obj) -> list | None:
         """Every rank's small Python object, as a list on rank 0 (None elsewhere)."""
@@ -371,32 +324,6 @@ def install_abort_hook(comm: Comm) -> None:
         comm.abort(1)
 
     sys.excepthook = hook
-
-
-def run_main(main, argv=None) -> int:
-    """Run ``main(comm, argv)`` with MPI-aware error handling; returns the exit code.
-
-    ExpectedError -> rank 0 prints ``error: ...`` once; every rank exits 2.
-    Anything else -> the abort hook (traceback from the failing rank, whole job ends).
-    Otherwise main's own exit code (dist/stop.py: 128 + signal after a graceful stop)."""
-    comm = Comm()
-    install_abort_hook(comm)
-    try:
-        code = main(comm, argv)
-    except ExpectedError as err:
-        if comm.size > 1 and not err.everywhere:
-            print(f"error: {err} (rank {comm.rank})", file=sys.stderr, flush=True)
-            unlink_mapped()
-            comm.abort(2)
-        if comm.is_root:
-            print(f"error: {err}", file=sys.stderr, flush=True)
-        return 2
-    except KeyboardInterrupt:
-        if comm.size > 1:
-            unlink_mapped()
-            comm.abort(130)
-        return 130
-    return code or 0
 
 
 def _demo() -> None:

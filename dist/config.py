@@ -28,7 +28,6 @@ from dist.errors import ExpectedError
 
 # The update kinds (dist/update.py imports MPI, so its list is repeated here).
 KINDS = ("auto", "allreduce", "sharded", "shared-memory", "overlapped", "hierarchical")
-SPLITS = ("batch", "layers")     # run.split: how a rank's threads share a step
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "launch" / "configs"
 DEFAULT_PRESET = "cnn"
@@ -96,10 +95,8 @@ class RunConfig:
     dir: str = _f("runs", "parent folder of run folders")
     checkpoint_every: int = _f(0, "also checkpoint every k steps (0 = at epoch ends only)")
     keep_last: int = _f(3, "checkpoints to keep (plus best.h5)")
-    threads: int = _f(0, "threads per rank (0 = cores per node / ranks per node)")
-    split: str = _f("batch", "how a rank's threads share a step: 'batch' (each thread a copy "
-                    "of the model on its rows of the batch, core/replicas.py) or 'layers' "
-                    "(every layer split over the threads, core/parallel.py)")
+    threads: int = _f(0, "threads per rank, each training a copy of the model on its rows "
+                      "of the batch (core/replicas.py; 0 = cores per node / ranks per node)")
     progress: bool = _f(True, "tqdm progress bar on rank 0 (only when on a terminal)")
     tensorboard: bool = _f(False, "also write each epoch's metrics as TensorBoard event files "
                            "(dist/tensorboard.py)")
@@ -151,7 +148,16 @@ def _check_type(key: str, value, expected: type, where: str):
     return value
 
 
+# Keys that earlier versions wrote into configs and checkpoints, and what became of them: a
+# saved config or checkpoint that holds one still loads (the key is dropped); --set names it.
+RETIRED = {"run.split": "a rank's threads always train one model copy each (core/replicas.py)"}
+
+
 def _set(cfg: Config, key: str, value, where: str, raw: str | None = None) -> None:
+    if key in RETIRED:
+        if raw is None:                         # from a saved config or checkpoint
+            return
+        raise ExpectedError(f"{where}: {key} was removed: {RETIRED[key]}")
     section, _, name = key.partition(".")
     if section not in _SECTION_CLASSES or not name:
         raise ExpectedError(f"{where}: unknown key '{key}' (sections: {', '.join(_SECTION_CLASSES)})")
@@ -294,7 +300,6 @@ def validate(cfg: Config) -> None:
     need(r.checkpoint_every >= 0, "run.checkpoint_every", r.checkpoint_every, "must be >= 0")
     need(r.keep_last >= 1, "run.keep_last", r.keep_last, "must be >= 1")
     need(r.threads >= 0, "run.threads", r.threads, "must be >= 0")
-    need(r.split in SPLITS, "run.split", r.split, f"must be one of {', '.join(SPLITS)}")
     need(cfg.comm.update in KINDS, "comm.update", cfg.comm.update,
          f"must be one of {', '.join(KINDS)}")
     need(0 < cfg.comm.bucket_mb <= 1024, "comm.bucket_mb", cfg.comm.bucket_mb,

@@ -15,6 +15,7 @@ import numpy as np
 
 from core.gradcheck import check_model_at
 from core.model import Model
+from dist.collective import agree
 from dist.comm import Comm
 from dist.errors import ExpectedError
 
@@ -34,7 +35,7 @@ def debug_first_step(comm: Comm, model: Model, x, y, loss: str, divisor: int, no
         if not worst <= GRADCHECK_LIMIT:
             error = (f"--debug: backprop disagrees with finite differences (max relative error "
                      f"{worst:.2e}); a layer's backward is wrong")
-    comm.agree(error is None, error or "")
+    agree(comm, error is None, error or "")
 
 
 def forward_checked(model: Model, x: np.ndarray, noise) -> np.ndarray:

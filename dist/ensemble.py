@@ -55,20 +55,21 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from data.prepare import ensure_dataset
 from data.shards import read_split
 from dist import train
 from dist.checkpoint import (SNAPSHOT_GLOB, checkpoint_name, export_model, normalized,
                              resolve_checkpoint)
-from dist.comm import Comm, run_main
-from dist.errors import ExpectedError
+from dist.collective import agree, collectively, on_root, run_main
+from dist.comm import Comm
 from dist.config import DEFAULT_PRESET, load_config
-from dist.evaluate import model_from_checkpoint, predict_scores, scores_to_proba
+from dist.errors import ExpectedError
+from dist.evaluate import data_file, model_from_checkpoint, predict_scores, scores_to_proba
 
 
 def model_probabilities(path: Path, images: np.ndarray) -> np.ndarray:
@@ -269,15 +270,43 @@ def shared_setting_conflict(configs) -> str | None:
 
 def member_configs(world: Comm, presets: list[str], config_file, overrides) -> dict:
     """Each distinct preset's resolved config, after checking they agree on SHARED_SETTINGS."""
-    configs = {name: world.collectively(load_config, name, config_file, overrides)
+    configs = {name: collectively(world, load_config, name, config_file, overrides)
                for name in dict.fromkeys(presets)}
     conflict = shared_setting_conflict(list(configs.values()))
-    world.agree(conflict is None, conflict or "")
+    agree(world, conflict is None, conflict or "")
     return configs
 
 
-def main(world: Comm, argv=None) -> int:
-    start = time.perf_counter()
+@dataclass
+class Ensemble:
+    """What every rank knows about the ensemble once the command line is checked."""
+    args: argparse.Namespace   # this command's own options (--members, --snapshots, ...)
+    train_argv: list[str]      # everything else, passed on to dist.train
+    presets: list[str]         # member m's preset
+    configs: dict              # each preset's resolved config
+    label: str                 # the preset, or --members when it names several
+    folder: Path               # runs/<name>: member-<m>/ and ensemble.json
+    start: float               # perf_counter at the start, for wall_seconds
+
+    @property
+    def cfg(self):
+        """Member 0's config, for the settings all members share (SHARED_SETTINGS)."""
+        return self.configs[self.presets[0]]
+
+    @property
+    def mixed(self) -> bool:
+        """Presets named in --members ("best:6,best-pool:4"), not one --preset."""
+        return not self.args.members.strip().isdigit()
+
+    def member_dir(self, m: int) -> Path:
+        return self.folder / f"member-{m}"
+
+    def seed(self, m: int) -> int:
+        return self.cfg.train.seed + m
+
+
+def parse_args(argv) -> tuple[argparse.Namespace, list[str]]:
+    """This command's options, and the rest of the command line (for dist.train)."""
     parser = train.ArgumentParser(prog="python -m dist.ensemble", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--members", required=True, metavar="K | NAME:K,NAME:K",
@@ -292,110 +321,149 @@ def main(world: Comm, argv=None) -> int:
     parser.add_argument("--snapshots", type=int, nargs="?", const=0, metavar="K",
                         help="average each member's cycle-end snapshots (schedule.kind = "
                              "'cyclic') instead of its best.h5; K: only the last K")
-    args, train_argv = parser.parse_known_args(argv)
+    return parser.parse_known_args(argv)
+
+
+def check_options(world: Comm, args) -> None:
+    """The options that make sense only in some combinations (every rank, together)."""
     per_member = args.ranks_per_member
-    world.agree(per_member == 0 or (per_member > 0 and world.size % per_member == 0),
-                f"--ranks-per-member {per_member}: must divide the job's {world.size} ranks")
-    world.agree(not (args.raw and args.snapshots is not None),
-                "--raw with --snapshots: snapshots are saved as the run's model; train the "
-                "cyclic run with optim.ema_decay = 0 to have raw snapshots")
-    world.agree(args.snapshots is None or args.snapshots >= 0,
-                f"--snapshots {args.snapshots}: must be >= 0 (0 or nothing = all)")
+    agree(world, per_member == 0 or (per_member > 0 and world.size % per_member == 0),
+          f"--ranks-per-member {per_member}: must divide the job's {world.size} ranks")
+    agree(world, not (args.raw and args.snapshots is not None),
+          "--raw with --snapshots: snapshots are saved as the run's model; train the "
+          "cyclic run with optim.ema_decay = 0 to have raw snapshots")
+    agree(world, args.snapshots is None or args.snapshots >= 0,
+          f"--snapshots {args.snapshots}: must be >= 0 (0 or nothing = all)")
+
+
+def check_snapshots(world: Comm, configs: dict) -> None:
+    """--snapshots needs every preset to write snapshots: a cyclic schedule."""
+    plain = next((c for c in configs.values() if c.schedule.kind != "cyclic"), None)
+    agree(world, plain is None, "" if plain is None else (
+        f"--snapshots: preset {plain.preset!r} has schedule.kind={plain.schedule.kind!r}; "
+        "snapshots come from --set schedule.kind=cyclic --set schedule.cycles=M"))
+
+
+def configure(world: Comm, argv) -> Ensemble:
+    """The command line and every member's config, checked on every rank before anything
+    trains; and the ensemble's folder (its --name, else a timestamp rank 0 chose)."""
+    start = time.perf_counter()
+    args, train_argv = parse_args(argv)
+    check_options(world, args)
     preset_args = train.parse_args(train_argv)
-    world.agree(not preset_args.resume, "--resume: resume each member with dist.train instead")
+    agree(world, not preset_args.resume, "--resume: resume each member with dist.train instead")
     presets = member_presets(args.members, preset_args.preset)
     mixed = not args.members.strip().isdigit()   # presets named in --members
-    world.agree(not (mixed and preset_args.config),
-                f"--config {preset_args.config}: give presets in --members, or one --config")
+    agree(world, not (mixed and preset_args.config),
+          f"--config {preset_args.config}: give presets in --members, or one --config")
     configs = member_configs(world, presets, preset_args.config, preset_args.set)
-    cfg = configs[presets[0]]            # for the settings all members share
     if args.snapshots is not None:
-        plain = next((c for c in configs.values() if c.schedule.kind != "cyclic"), None)
-        world.agree(plain is None, "" if plain is None else (
-            f"--snapshots: preset {plain.preset!r} has schedule.kind={plain.schedule.kind!r}; "
-            "snapshots come from --set schedule.kind=cyclic --set schedule.cycles=M"))
+        check_snapshots(world, configs)
+    cfg = configs[presets[0]]
     label = args.members if mixed else cfg.preset
     name = world.bcast(args.name or f"ensemble-{label.replace(':', '').replace(',', '-')}-"
                                     f"{time.strftime('%Y%m%d-%H%M%S')}")
-    folder = Path(cfg.run.dir) / name
+    return Ensemble(args, train_argv, presets, configs, label, Path(cfg.run.dir) / name, start)
 
-    # Member folders that exist already must belong to this ensemble. Checked by rank 0 before
-    # any group trains, so that a mistake ends the job now and not after an hour of training.
-    problems = [f"member {m}: {why}" for m in range(len(presets))
-                if member_state(folder / f"member-{m}") != "new"
-                and (why := member_mismatch(folder / f"member-{m}", configs[presets[m]],
-                                            cfg.train.seed + m))] if world.is_root else []
-    world.agree(not problems, problems[0] if problems else "")
 
-    groups = min(len(presets), world.size // per_member if per_member else world.size)
-    group = world.rank * groups // world.size          # contiguous blocks of ranks
-    comm = world.split(group)  # threads per rank as in the whole job, see Comm.split
-    # Which group trains which member. Rank 0 reads how many epochs each member still needs
-    # (kept members none, half-trained ones fewer) and deals them out, so that one group is
-    # not left with several members while the others sit idle.
-    progress = world.bcast({m: member_progress(folder / f"member-{m}",
-                                               configs[presets[m]].train.epochs)
-                            for m in range(len(presets))} if world.is_root else None)
+def check_kept_members(world: Comm, ens: Ensemble) -> None:
+    """Member folders that exist already must belong to this ensemble. Checked by rank 0 before
+    any group trains, so that a mistake ends the job now and not after an hour of training."""
+    problems = [f"member {m}: {why}" for m in range(len(ens.presets))
+                if member_state(ens.member_dir(m)) != "new"
+                and (why := member_mismatch(ens.member_dir(m), ens.configs[ens.presets[m]],
+                                            ens.seed(m)))] if world.is_root else []
+    agree(world, not problems, problems[0] if problems else "")
+
+
+def my_group(world: Comm, ens: Ensemble) -> tuple[Comm, list[int]]:
+    """Split the ranks into groups (contiguous blocks of ranks) and deal them the members still
+    to train. Rank 0 reads how many epochs each member still needs (kept members none,
+    half-trained ones fewer), so that one group is not left with several members while the
+    others sit idle. (This group's communicator, the members it trains)"""
+    per_member = ens.args.ranks_per_member
+    groups = min(len(ens.presets), world.size // per_member if per_member else world.size)
+    group = world.rank * groups // world.size
+    comm = world.split(group)   # threads per rank as in the whole job, see Comm.split
+    progress = world.bcast({m: member_progress(ens.member_dir(m),
+                                               ens.configs[ens.presets[m]].train.epochs)
+                            for m in range(len(ens.presets))} if world.is_root else None)
     left = {m: e for m, (e, _) in progress.items()}
     sizes = [sum(1 for r in range(world.size) if r * groups // world.size == g)
              for g in range(groups)]
     plan = deal_members(left, sizes, {m: n for m, (_, n) in progress.items() if n})
     if world.is_root:
         for m in (m for m, e in left.items() if not e):
-            print(f"member {m}: already trained, kept ({folder / f'member-{m}'})", flush=True)
+            print(f"member {m}: already trained, kept ({ens.member_dir(m)})", flush=True)
         if groups > 1:
             print(f"{groups} groups of ranks train members " + "; ".join(
                 ", ".join(map(str, members)) or "none" for members in plan), flush=True)
+    return comm, plan[group]
+
+
+def member_argv(comm: Comm, ens: Ensemble, m: int) -> list[str]:
+    """dist.train's command line for member m: resume it, or start it with its seed and folder.
+    The group's rank 0 looks at the folder and tells the others, so that they agree even where
+    the run folder is not on a shared file system."""
+    state = comm.bcast(member_state(ens.member_dir(m)) if comm.is_root else None)
+    if state == "started":
+        return ["--resume", str(ens.member_dir(m))]
+    return [*ens.train_argv, *(["--preset", ens.presets[m]] if ens.mixed else []),
+            "--set", f"train.seed={ens.seed(m)}",
+            "--set", f"run.dir={ens.folder}", "--set", f"run.name=member-{m}"]
+
+
+def train_members(world: Comm, ens: Ensemble) -> int:
+    """Every group trains its members, one after another (``dist.train.main`` on the group's
+    communicator). A user error in a member ends every group; a stop signal (dist/stop.py)
+    ends each group after its member's checkpoint. Returns the signal's exit code, else 0."""
+    comm, members = my_group(world, ens)
     error, stopped = None, 0
-    for member in plan[group]:
-        member_dir = folder / f"member-{member}"
-        # Finished members were dealt to nobody. Whether this one resumes or starts: the
-        # group's rank 0 looks at the folder and tells the others, so that they agree even
-        # where the run folder is not on a shared file system.
-        state = comm.bcast(member_state(member_dir) if comm.is_root else None)
-        if state == "started":
-            member_argv = ["--resume", str(member_dir)]
-        else:
-            member_argv = [*train_argv, *(["--preset", presets[member]] if mixed else []),
-                           "--set", f"train.seed={cfg.train.seed + member}",
-                           "--set", f"run.dir={folder}", "--set", f"run.name=member-{member}"]
+    for m in members:
         try:
-            stopped = train.main(comm, member_argv)
+            stopped = train.main(comm, member_argv(comm, ens, m))
         except ExpectedError as err:
             if not err.everywhere:
                 raise  # only this rank knows: run_main aborts the job
-            error = f"member {member}: {err}"
+            error = f"member {m}: {err}"
             break
-        if stopped:   # a stop signal (dist/stop.py): the member is checkpointed, end here
+        if stopped:
             break
-    world.agree(error is None, error or "")
-    stopped = max(world.allgather(stopped))
+    agree(world, error is None, error or "")
+    return max(world.allgather(stopped))
+
+
+def combine(ens: Ensemble, ranks: int) -> None:
+    """Rank 0: average the members' models on the validation split (and the test split, with
+    train.report_test), write ensemble.json and say the figure."""
+    cfg = ens.cfg
+    data_path = data_file(cfg.data.path)   # the default location if that path is not here
+    files = [path for m in range(len(ens.presets))
+             for path in model_files(ens.member_dir(m), ens.args.snapshots, ens.args.raw)]
+    result = {"members": len(ens.presets), "ranks": ranks, "preset": ens.label,
+              "raw": ens.args.raw, "presets": [ens.configs[p].preset for p in ens.presets],
+              "models": [str(path.relative_to(ens.folder)) for path in files],
+              "wall_seconds": time.perf_counter() - ens.start}
+    # Runs that decide something see the validation split only (train.report_test).
+    for split in ("val", "test") if cfg.train.report_test else ("val",):
+        images, labels, _ = read_split(data_path, split, cfg.data.split_seed, cfg.data.val_size)
+        if len(labels):
+            result[split] = ensemble_accuracy(files, images, labels)
+    (ens.folder / "ensemble.json").write_text(json.dumps(result, indent=2) + "\n")
+    split = "test" if "test" in result else "val"
+    shown = result.get(split, {"ensemble": float("nan"), "members": []})
+    print(f"ensemble of {len(files)} models: {split} accuracy {100 * shown['ensemble']:.2f}% "
+          f"(models {', '.join(f'{100 * a:.2f}%' for a in shown['members'])}); "
+          f"{ens.folder / 'ensemble.json'}", flush=True)
+
+
+def main(world: Comm, argv=None) -> int:
+    ens = configure(world, argv)
+    check_kept_members(world, ens)
+    stopped = train_members(world, ens)
     if stopped:       # the same command again continues every member where it stopped
         return stopped
-
-    def combine() -> None:
-        data_path = ensure_dataset(cfg.data.path or None, quiet=True)
-        files = [path for m in range(len(presets))
-                 for path in model_files(folder / f"member-{m}", args.snapshots, args.raw)]
-        result = {"members": len(presets), "ranks": world.size, "preset": label, "raw": args.raw,
-                  "presets": [configs[p].preset for p in presets],
-                  "models": [str(path.relative_to(folder)) for path in files],
-                  "wall_seconds": time.perf_counter() - start}
-        # Runs that decide something see the validation split only (train.report_test).
-        for split in ("val", "test") if cfg.train.report_test else ("val",):
-            images, labels, _ = read_split(data_path, split, cfg.data.split_seed,
-                                           cfg.data.val_size)
-            if len(labels):
-                result[split] = ensemble_accuracy(files, images, labels)
-        (folder / "ensemble.json").write_text(json.dumps(result, indent=2) + "\n")
-        split = "test" if "test" in result else "val"
-        shown = result.get(split, {"ensemble": float("nan"), "members": []})
-        print(f"ensemble of {len(files)} models: {split} accuracy "
-              f"{100 * shown['ensemble']:.2f}% (models "
-              f"{', '.join(f'{100 * a:.2f}%' for a in shown['members'])}); "
-              f"{folder / 'ensemble.json'}", flush=True)
-
-    world.on_root(combine)
+    on_root(world, combine, ens, world.size)   # the other ranks sleep meanwhile
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -18,21 +19,22 @@ import numpy as np
 
 from core.losses import LOSSES, softmax
 from core.model import Model
-from data.errors import DataError
+from core.replicas import Replicas
+from data.errors import UserError
 from data.hdf5 import open_mnist
-from data.prepare import ensure_dataset
-from data.shards import normalize, read_split
+from data.pipeline import evaluation_input
+from data.prepare import default_path, ensure_dataset
+from data.shards import read_split
 from dist.checkpoint import check_compatible, load_checkpoint, model_weights
 from dist.config import check_model
 from dist.errors import ExpectedError
 
 
 # Images per forward pass when evaluating. Larger batches make bigger GEMMs, but best's im2col
-# buffer for 1000 images is 660 MB, far outside every cache: 256 images evaluated 1.17x (best)
-# to 1.3x (cnn) as many images/s as 1000 in an A/B of both sizes in one process, 1 thread.
+# buffer for 1000 images is 660 MB, far outside every cache, so 256 images a pass are faster.
 # A model whose activations are small (the MLP: 784 numbers an image at most) takes more
-# images a pass, up to 4 x 256, so that each layer's output is still ~4 MB (2**20 floats):
-# mlp, 2 threads, 10,000 test images: 61-69k images/s at 256, 70-76k at 1,000.
+# images a pass, up to 4 x 256, so that each layer's output is still ~4 MB (2**20 floats).
+# The measurements: launch/docs/benchmarks.md.
 EVAL_BATCH = 256
 
 
@@ -44,12 +46,18 @@ def eval_batch_size(model: Model) -> int:
     return int(np.clip(2 ** 20 // largest, EVAL_BATCH, 4 * EVAL_BATCH))
 
 
-def predict_scores(model: Model, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
-    """Network outputs for uint8 images (N, 28, 28), in eval mode, batch by batch. (N, 10)"""
+def predict_scores(model: Model, images: np.ndarray, batch_size: int | None = None,
+                   threads: int | None = None) -> np.ndarray:
+    """Network outputs for uint8 images (N, 28, 28), in eval mode, batch by batch. (N, 10)
+    With several threads (default: every core this process may use), each batch is split
+    over copies of the model, one per thread (core/replicas.py), as in training."""
     batch_size = batch_size or eval_batch_size(model)
+    threads = threads or len(os.sched_getaffinity(0))
+    net = Replicas(model, threads) if threads > 1 and len(images) > 1 else model
     out = np.empty((len(images), 10), dtype=np.float32)
     for i in range(0, len(images), batch_size):
-        out[i:i + batch_size] = model.forward(normalize(images[i:i + batch_size]), train=False)
+        x = evaluation_input(images[i:i + batch_size], model.spec)   # as the model was trained on
+        out[i:i + batch_size] = net.forward(x, train=False)
     return out
 
 
@@ -62,9 +70,9 @@ def scores_to_proba(scores: np.ndarray, loss: str) -> np.ndarray:
 
 
 def evaluate(model: Model, images: np.ndarray, labels: np.ndarray, loss: str,
-             batch_size: int | None = None) -> dict:
+             batch_size: int | None = None, threads: int | None = None) -> dict:
     """Mean loss, accuracy and confusion matrix (rows: true digit, columns: predicted)."""
-    scores = predict_scores(model, images, batch_size)
+    scores = predict_scores(model, images, batch_size, threads)
     labels = labels.astype(np.int64)
     total_loss, _ = LOSSES[loss](scores, labels, divisor=max(len(labels), 1))
     predicted = scores.argmax(axis=1)
@@ -92,6 +100,22 @@ def model_of(ckpt, raw: bool = False) -> Model:
     return model
 
 
+def data_file(recorded: str, named: str = "") -> Path:
+    """The MNIST file to evaluate on: ``named`` (--data), which must exist -- a file the user
+    names is read, never made here; else the file the run trained on (its data.path); else the
+    default data location, prepared on first use. A recorded path that does not exist here (a
+    model trained on another machine, like the shipped ones) also means the default location,
+    said in one line. Checkpoints carry the data's fingerprint: a different file is refused."""
+    if named and not Path(named).is_file():
+        raise ExpectedError(f"--data {named}: no such file (prepare it with python -m "
+                            f"data.prepare --out {named})")
+    if not named and recorded and not Path(recorded).is_file():
+        print(f"note: data.path {recorded} (where the model was trained) does not exist here; "
+              f"using the default data location, {default_path()}", file=sys.stderr, flush=True)
+        recorded = ""
+    return ensure_dataset(named or recorded or None, quiet=True)
+
+
 def format_confusion(confusion) -> str:
     rows = ["true\\pred " + " ".join(f"{d:>5}" for d in range(10))]
     for digit, row in enumerate(confusion):
@@ -113,18 +137,13 @@ def main(argv=None) -> int:
     try:
         ckpt = load_checkpoint(args.checkpoint, resumable=False)   # weights, spec, config
         data_cfg = ckpt.config.get("data", {})
-        named = args.data or data_cfg.get("path")
-        if named and not Path(named).is_file():   # a named file is read, never made here
-            raise ExpectedError(f"{'--data' if args.data else 'the run config data.path'} "
-                                f"{named}: no such file (prepare it with python -m data.prepare "
-                                f"--out {named})")
-        path = ensure_dataset(named or None, quiet=True)
+        path = data_file(data_cfg.get("path", ""), args.data)
         check_compatible(ckpt, expect_fingerprint=open_mnist(path).fingerprint)
         model = model_of(ckpt, args.raw)
         images, labels, _ = read_split(path, args.split, split_seed=data_cfg.get("split_seed", 0),
                                        val_size=data_cfg.get("val_size", 5000))
         result = evaluate(model, images, labels, ckpt.config["model"]["loss"])
-    except (ExpectedError, DataError) as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     result.update(checkpoint=str(ckpt.path), split=args.split, epoch=ckpt.epoch, raw=args.raw)

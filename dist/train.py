@@ -33,23 +33,23 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from core.deskew import deskew_raw, deskews_before_augment
 from core.ema import EMA
 from core.keyed_random import KeyedNoise, sample_keys
 from core.losses import LOSSES
 from core.model import Model
 from core.optim import SGD
-from core.parallel import use_cores
-from core.replicas import Replicas
+from core.replicas import Replicas, blas_on_one_thread
 from core.schedules import make_schedule
-from data.augment import random_affine
 from data.hdf5 import open_mnist
+from data.pipeline import training_input
 from data.prepare import default_path, ensure_dataset
-from data.shards import normalize, read_epoch_shard, read_split, split_train_val, steps_per_epoch
+from data.shards import read_epoch_shard, read_split, split_train_val, steps_per_epoch
 from dist import checkpoint as ck
 from dist import rundir
-from dist.comm import Comm, run_main
+from dist.collective import collectively, on_root, run_main
+from dist.comm import Comm
 from dist.config import check_batch_fits, check_for_world, help_text, load_config
+from dist.cores import root_threads
 from dist.debug import debug_first_step, forward_checked
 from dist.errors import ExpectedError
 from dist.evaluate import evaluate, model_from_checkpoint
@@ -130,19 +130,14 @@ def build_update(cfg, comm: Comm, model: Model, opt: SGD, kind: str | None = Non
 
 
 def local_batch(cfg, shard, k: int, epoch: int):
-    """This rank's part of global batch k: images (b, 28, 28, 1) float32, labels (b,) and the
-    dropout noise. Random numbers are keyed by (seed, epoch, global sample index), never by
-    rank, so a sample is augmented and dropped out the same way on any number of ranks."""
+    """This rank's part of global batch k: the network input (b, 28, 28, 1) float32
+    (data/pipeline.py), labels (b,) and the dropout noise. Random numbers are keyed by (seed,
+    epoch, global sample index), never by rank, so a sample is augmented and dropped out the
+    same way on any number of ranks."""
     lo, hi = shard.batch_offsets[k], shard.batch_offsets[k + 1]
     keys = sample_keys(cfg.train.seed, epoch, shard.indices[lo:hi])
-    images = shard.images[lo:hi]                                   # uint8 (b, 28, 28)
-    if deskews_before_augment(cfg.model.layers):   # upright first, then shifted and turned
-        images = deskew_raw(images)
-    if cfg.data.augment:
-        d = cfg.data
-        images = random_affine(images, keys, d.max_shift, d.max_rotate, d.max_scale,
-                               d.elastic_alpha, d.elastic_sigma)
-    return normalize(images), shard.labels[lo:hi].astype(np.int64), KeyedNoise(keys)
+    x = training_input(shard.images[lo:hi], keys, cfg.model.layers, cfg.data)
+    return x, shard.labels[lo:hi].astype(np.int64), KeyedNoise(keys)
 
 
 def prepare_data(cfg) -> str:
@@ -182,11 +177,10 @@ class Clock:
         self.last = now
 
 
-def build_net(model: Model, threads: int, split: str) -> Model | Replicas:
-    """What a step runs: with split 'batch' and several threads, one copy of the model per
-    thread, each on its rows of the batch (core/replicas.py); else the model itself, whose
-    layers split over the threads (core/parallel.py)."""
-    return Replicas(model, threads) if split == "batch" and threads > 1 else model
+def build_net(model: Model, threads: int) -> Model | Replicas:
+    """What a step runs: with several threads, one copy of the model per thread, each on its
+    rows of the batch (core/replicas.py); with one, the model itself."""
+    return Replicas(model, threads) if threads > 1 else model
 
 
 def train_step(net: Model | Replicas, loss_fn, update, x, y, noise, lr: float, batch: int,
@@ -214,27 +208,27 @@ def configure(comm: Comm, args):
     resume, where = None, args.resume
     report = print if comm.is_root else (lambda line: None)   # a skipped damaged checkpoint
     if where == "auto":   # continue run.name's folder if it holds a checkpoint, else start it
-        cfg = comm.collectively(load_config, args.preset, args.config, args.set)
-        where = comm.collectively(rundir.auto_resume, cfg)
+        cfg = collectively(comm, load_config, args.preset, args.config, args.set)
+        where = collectively(comm, rundir.auto_resume, cfg)
     if where:
-        resume = comm.collectively(ck.load_newest, where, report)
-        cfg = comm.collectively(load_config, base=resume.config, overrides=args.set)
+        resume = collectively(comm, ck.load_newest, where, report)
+        cfg = collectively(comm, load_config, base=resume.config, overrides=args.set)
     elif args.resume != "auto":
-        cfg = comm.collectively(load_config, args.preset, args.config, args.set)
+        cfg = collectively(comm, load_config, args.preset, args.config, args.set)
     if args.debug:  # a small, fully checked run
         cfg.train.steps_per_epoch = cfg.train.steps_per_epoch or 20
         cfg.train.epochs = min(cfg.train.epochs, 2)
-    comm.collectively(check_for_world, cfg, comm.size, comm.local_size)
+    collectively(comm, check_for_world, cfg, comm.size, comm.local_size)
     return cfg, resume
 
 
 def open_data(comm: Comm, cfg) -> tuple[str, str, int]:
     """Rank 0 prepares MNIST on first use; every rank checks the file. (path, fingerprint,
     steps per epoch)"""
-    path = comm.on_root(prepare_data, cfg)
-    info = comm.collectively(open_mnist, path, deep=False)  # rank 0 checked the contents
+    path = on_root(comm, prepare_data, cfg)
+    info = collectively(comm, open_mnist, path, deep=False)  # rank 0 checked the contents
     train_idx, _ = split_train_val(cfg.data.split_seed, cfg.data.val_size, info.sizes["train"])
-    comm.collectively(check_batch_fits, cfg, len(train_idx))
+    collectively(comm, check_batch_fits, cfg, len(train_idx))
     steps = steps_per_epoch(len(train_idx), cfg.train.batch_size)
     return path, info.fingerprint, min(steps, cfg.train.steps_per_epoch or steps)
 
@@ -243,17 +237,17 @@ def start(comm: Comm, cfg, model: Model, opt: SGD, resume, fingerprint: str):
     """A fresh run folder, or the checkpoint's arrays and progress. (Progress, run folder)"""
     if resume is None:
         comm.bcast_array_(model.theta)  # identical already; guards against heterogeneous nodes
-        run_dir = Path(comm.on_root(lambda: str(rundir.create(cfg))))
+        run_dir = Path(on_root(comm, lambda: str(rundir.create(cfg))))
         cfg.run.name = run_dir.name
         return Progress(), run_dir
-    comm.collectively(ck.check_compatible, resume, expect_spec=model.spec,
-                      expect_sizes=(model.theta.size, model.state.size),
-                      expect_fingerprint=fingerprint)
+    collectively(comm, ck.check_compatible, resume, expect_spec=model.spec,
+                 expect_sizes=(model.theta.size, model.state.size),
+                 expect_fingerprint=fingerprint)
     model.theta[...], model.state[...] = resume.theta, resume.state
     opt.velocity[...] = resume.velocity
     progress = Progress(resume.epoch, resume.step, resume.global_step, resume.best_metric,
                         resume.best_epoch, resume.bad_epochs, list(resume.epoch_totals))
-    comm.on_root(rundir.reopen, resume.path.parent, resume.epoch)
+    on_root(comm, rundir.reopen, resume.path.parent, resume.epoch)
     return progress, resume.path.parent
 
 
@@ -288,8 +282,8 @@ class RootWork:
         self.val_set = read_split(data_path, "val", *split) if comm.is_root else None
         self.test_set = read_split(data_path, "test", *split) if comm.is_root else None
         # run.tensorboard: rank 0 writes the curves; a missing writer stops every rank here.
-        self.tensorboard = comm.collectively(open_log, run_dir,
-                                             cfg.run.tensorboard and comm.is_root)
+        self.tensorboard = collectively(comm, open_log, run_dir,
+                                        cfg.run.tensorboard and comm.is_root)
         # The averaged weights are evaluated in a model of their own (eval mode: no reduce).
         self.averaged = Model(model.spec, seed=0) if ema is not None and comm.is_root else None
 
@@ -326,16 +320,17 @@ class RootWork:
         """Evaluate, update the best, checkpoint, log. Returns True to stop early."""
         cfg, epoch = self.cfg, progress.epoch       # the epoch just completed
         model, has_val = self.the_model(), len(self.val_set[1]) > 0
-        with use_cores(self.comm.root_threads):  # the other ranks sleep meanwhile
-            val = evaluate(model, *self.val_set[:2], cfg.model.loss) if has_val else None
-            # With a moving average, the raw weights' validation figures too: whether the
-            # average helps is decided on them (launch/docs/protocol-20.md, D1).
-            raw = evaluate(self.model, *self.val_set[:2], cfg.model.loss) \
-                if has_val and model is not self.model else None
-            every = cfg.train.eval_test_every
-            test = evaluate(model, *self.test_set[:2], cfg.model.loss) \
-                if cfg.train.report_test and (epoch == cfg.train.epochs
-                                              or (every and epoch % every == 0)) else None
+        threads = root_threads(self.comm)          # the other ranks sleep meanwhile
+        val = evaluate(model, *self.val_set[:2], cfg.model.loss, threads=threads) \
+            if has_val else None
+        # With a moving average, the raw weights' validation figures too: whether the
+        # average helps is decided on them (launch/docs/results.md, issue 20's D1).
+        raw = evaluate(self.model, *self.val_set[:2], cfg.model.loss, threads=threads) \
+            if has_val and model is not self.model else None
+        every = cfg.train.eval_test_every
+        test = evaluate(model, *self.test_set[:2], cfg.model.loss, threads=threads) \
+            if cfg.train.report_test and (epoch == cfg.train.epochs
+                                          or (every and epoch % every == 0)) else None
         clock.lap("eval")
         improved = val is not None and val["acc"] > progress.best_metric
         if improved:
@@ -370,8 +365,8 @@ class RootWork:
                 best = ck.numbered_checkpoints(self.run_dir)[-1]
                 print(f"note: {self.run_dir}/best.h5 is missing; reporting {best.name}")
             best_model, _ = model_from_checkpoint(best, self.fingerprint)
-            with use_cores(self.comm.root_threads):
-                test = evaluate(best_model, *self.test_set[:2], self.cfg.model.loss)
+            test = evaluate(best_model, *self.test_set[:2], self.cfg.model.loss,
+                            threads=root_threads(self.comm))
         rundir.write_final(self.run_dir, {
             "run": str(self.run_dir), "best_epoch": progress.best_epoch,
             "best_val_acc": progress.best_metric, "test_acc": test["acc"],
@@ -392,8 +387,8 @@ def split_of(clock: Clock) -> dict:
 def headline(comm: Comm, cfg, model: Model, threads: int, steps: int, update, run_dir: Path,
              progress: Progress) -> str:
     d = model.describe()
-    split = f" (split by {cfg.run.split})" if threads > 1 else ""
-    return (f"mpigrad: {comm.size} rank(s) x {threads} thread(s){split}, preset {cfg.preset!r}, "
+    copies = " (a model copy each)" if threads > 1 else ""
+    return (f"mpigrad: {comm.size} rank(s) x {threads} thread(s){copies}, preset {cfg.preset!r}, "
             f"{d['params']:,} parameters, {d['flops_per_sample'] / 1e6:.1f} MFLOP/image, global "
             f"batch {cfg.train.batch_size}, {steps} steps/epoch, {update.transport} update, run "
             f"{run_dir}" + (f", resuming at epoch {progress.epoch + 1} step {progress.step}"
@@ -423,22 +418,22 @@ def setup(comm: Comm, args) -> Run:
     """Config, model, data, optimizer, update, and where to start: fresh or a checkpoint."""
     start_time, graceful = time.perf_counter(), GracefulStop(comm)
     cfg, resume = configure(comm, args)
-    threads = cfg.run.threads or comm.cores_per_rank
-    use_cores(threads)  # our threads share each step; BLAS on one (core/parallel.py)
+    threads = cfg.run.threads or comm.cores.per_rank
+    blas_on_one_thread()  # the parallelism is the ranks and the model copies (core/replicas.py)
     # Overflow shows up as a non-finite gradient, which the loop reports in one clear line
     # (and --debug pins to a layer); numpy's per-operation warnings would only add noise.
     np.seterr(over="ignore", invalid="ignore", divide="ignore")
-    model = comm.collectively(build_model, cfg, comm)
+    model = collectively(comm, build_model, cfg, comm)
     cfg.model.layers = model.spec  # defaults filled in: this is what checkpoints compare
     data_path, fingerprint, steps = open_data(comm, cfg)
-    opt, lr_at = comm.collectively(build_optimizer, cfg, model, steps)
+    opt, lr_at = collectively(comm, build_optimizer, cfg, model, steps)
     update = build_update(cfg, comm, model, opt)
     progress, run_dir = start(comm, cfg, model, opt, resume, fingerprint)
     ema = make_ema(cfg, model, resume)
     root = RootWork(comm, cfg, model, opt, ema, run_dir, data_path, fingerprint, start_time)
     if comm.is_root:
         print(headline(comm, cfg, model, threads, steps, update, run_dir, progress), flush=True)
-    net = model if args.debug else build_net(model, threads, cfg.run.split)  # debug: per layer
+    net = model if args.debug else build_net(model, threads)  # --debug: the model, one thread
     return Run(cfg, model, net, opt, lr_at, update, ema, root, progress, run_dir, data_path,
                steps, threads, graceful)
 
@@ -452,9 +447,9 @@ def main(comm: Comm, argv=None) -> int:
 
     for epoch in range(progress.epoch, cfg.train.epochs):
         clock, t_epoch, first = Clock(), time.perf_counter(), progress.step
-        shard = comm.collectively(read_epoch_shard, run.data_path, cfg.train.seed, epoch,
-                                  comm.rank, comm.size, batch, split_seed=cfg.data.split_seed,
-                                  val_size=cfg.data.val_size)
+        shard = collectively(comm, read_epoch_shard, run.data_path, cfg.train.seed, epoch,
+                             comm.rank, comm.size, batch, split_seed=cfg.data.split_seed,
+                             val_size=cfg.data.val_size)
         clock.lap("data")
         carried = np.array(progress.epoch_totals)  # before `first`, all ranks (a resume)
         totals = np.zeros(3)  # loss sum, correct, samples (this rank, from `first`)
@@ -483,7 +478,7 @@ def main(comm: Comm, argv=None) -> int:
             if stopping or every and progress.global_step % every == 0 and k + 1 < steps:
                 gather_state(update, ema)  # each rank kept only its slice current
                 progress.epoch_totals = list(carried + comm.allreduce_sum(totals))
-                comm.on_root(run.root.checkpoint, progress)
+                on_root(comm, run.root.checkpoint, progress)
                 clock.lap("checkpoint")
             if stopping:
                 return stopped(comm, run.graceful, update, progress, run.run_dir)
@@ -497,14 +492,14 @@ def main(comm: Comm, argv=None) -> int:
                   "train_acc": totals[1] / totals[2], "world_size": comm.size,
                   "threads": run.threads, "images_per_s": (steps - first) * batch / train_seconds,
                   "seconds": {"train": train_seconds}}
-        stop = comm.on_root(run.root.end_of_epoch, progress, record, clock)
+        stop = on_root(comm, run.root.end_of_epoch, progress, record, clock)
         progress = comm.bcast(progress)    # rank 0 updated the best; checkpoints need it all
         if stop:
             break
 
     update.close()  # frees the shared-memory window (an ensemble trains several members)
     run.graceful.close()
-    comm.on_root(run.root.final_report, progress, run.threads)  # the others sleep meanwhile
+    on_root(comm, run.root.final_report, progress, run.threads)  # the others sleep meanwhile
     return 0
 
 

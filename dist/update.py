@@ -41,7 +41,7 @@ bucket's gradient is complete, its allreduce starts (non-blocking) and backward 
 the layers before it; ``reduce_gradient`` waits only for what is still in flight. MPICH moves
 a non-blocking collective on only inside an MPI call, so ``grad_ready`` also polls the buckets
 in flight between layers (a polling thread, or MPICH_ASYNC_PROGRESS=1, cost more compute than
-they hid on a 2-core machine: launch/scaling.py). Why an allreduce per bucket and not the
+they hid on a 2-core machine: launch/lab/scaling.py). Why an allreduce per bucket and not the
 sharded halves: the all-gather of a sharded step carries the *new* theta, which exists only
 after the step, so it could not hide behind backward; an allreduce moves the same bytes (its
 reduce-scatter and all-gather inside), all of them during backward. The price is the
@@ -82,7 +82,8 @@ on every rank before a checkpoint; a resumed run hands every rank the whole vect
 Tested by tests/test_dist_invariance.py (n ranks against 1, bitwise resume),
 tests/comm_probe.py (every kind gives the same theta), tests/test_dist_overlap.py (overlapped
 against allreduce and 1 rank, resume) and tests/test_launch_multihost.py (hierarchical against
-flat on 2 hosts x 2 ranks); launch.bench times them side by side, launch.scaling across hosts.
+flat on 2 hosts x 2 ranks); launch.lab.bench times them side by side, launch.lab.scaling
+across hosts.
 """
 from __future__ import annotations
 

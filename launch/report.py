@@ -11,7 +11,7 @@ Writes into RUN_DIR/report/ (or --out):
     mistakes.png    up to 64 misclassified test digits, most confident mistakes first, with
                     true label, prediction and its probability
     scaling.png     images/s against ranks per preset, only if RUN_DIR/bench.json exists
-                    (rows of {"preset", "ranks", "images_per_s", ...}, from launch.bench)
+                    (rows of {"preset", "ranks", "images_per_s", ...}, from launch.lab.bench)
     report.json     the numbers behind the pictures; its test accuracy and loss are those of
                     `python -m dist.evaluate <checkpoint> --json` (same function, same data)
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.errors import DataError
+from data.errors import UserError
 from data.hdf5 import open_mnist
 from data.prepare import ensure_dataset
 from data.shards import read_split
@@ -246,7 +246,7 @@ def build_report(run_dir: Path, out_dir: Path, data_path: str | None) -> dict:
         except (ValueError, TypeError, KeyError, AttributeError) as err:
             raise ExpectedError(f"{bench}: not benchmark results ({err})") from None
     else:
-        print(f"note: no {bench}: scaling.png skipped (python -m launch.bench writes it)")
+        print(f"note: no {bench}: scaling.png skipped (python -m launch.lab.bench writes it)")
 
     report = {
         "run": str(run_dir), "checkpoint": str(ckpt_path), "epoch": ckpt.epoch,
@@ -273,7 +273,7 @@ def main(argv=None) -> int:
     out_dir = Path(args.out) if args.out else run_dir / "report"
     try:
         report = build_report(run_dir, out_dir, args.data)
-    except (ExpectedError, DataError) as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"{report['checkpoint']}: test accuracy {100 * report['test']['acc']:.2f}%, loss "

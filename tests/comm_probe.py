@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from dist.collective import agree  # noqa: E402
 from dist.comm import Comm  # noqa: E402
 
 
@@ -26,18 +27,18 @@ comm = Comm()
 wall, cpu = time.perf_counter(), time.process_time()
 if comm.is_root:
     time.sleep(2.0)  # rank 0 is busy; it does not need the CPU for this probe
-comm.agree(True)
+agree(comm, True)
 wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
 buf = np.full(1000, comm.rank + 1, dtype=np.float32)
 comm.allreduce_sum_(buf)
 say(f"rank {comm.rank} waited {wall:.2f}s cpu {cpu:.2f}s sum {buf[0]:.0f} "
-    f"oversubscribed {comm.oversubscribed}")
+    f"oversubscribed {comm.cores.oversubscribed}")
 
 group = comm.split(comm.rank % 2)
 buf = np.full(10, comm.rank + 1, dtype=np.float32)
 group.allreduce_sum_(buf)
-say(f"rank {comm.rank} group size {group.size} sum {buf[0]:.0f} cores {group.cores_per_rank} "
-    f"of {comm.cores_per_rank} oversubscribed {group.oversubscribed}")
+say(f"rank {comm.rank} group size {group.size} sum {buf[0]:.0f} cores {group.cores.per_rank} "
+    f"of {comm.cores.per_rank} oversubscribed {group.cores.oversubscribed}")
 
 # The sharded update's collectives: reduce-scatter then all-gather must equal an allreduce,
 # also when the vector does not split evenly or is too short for every rank to own a slice.

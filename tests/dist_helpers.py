@@ -41,7 +41,7 @@ SMALL_LAYERS = ('[{type="conv",out=8,kernel=3,pad=1},{type="batchnorm"},{type="r
 def small_run_args(data: Path, run_dir: Path, name: str, *extra: str) -> list[str]:
     """Arguments of a short run: 2 epochs of 12 steps, global batch 62 (uneven over 4 ranks).
     Augmentation is off (the cnn preset turns it on): it is rank-independent by construction
-    (tests/test_data_augment.py), and these runs are short enough without it to learn fast."""
+    (tests/test_data_pipeline.py), and these runs are short enough without it to learn fast."""
     return ["--preset", "cnn", "--set", f"model.layers={SMALL_LAYERS}", "--set", "data.augment=false",
             "--set", f"data.path={data}", "--set", "data.val_size=1000",
             "--set", "train.batch_size=62", "--set", "train.epochs=2",

@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dist.train as train  # noqa: E402
 from data.errors import DataError  # noqa: E402
-from dist.comm import run_main  # noqa: E402
+from dist.collective import run_main  # noqa: E402
 
 kind, argv = sys.argv[1], sys.argv[2:]
 real_reader = train.read_epoch_shard

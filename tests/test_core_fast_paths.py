@@ -5,7 +5,7 @@ must compute the same function: here in float64 against a plain numpy reference 
 as in the docstrings, to float rounding; and in float64 against finite differences
 (core/gradcheck.py) for every new backward.
 
-    /work/venv/bin/pytest tests/test_core_fast_paths.py -q
+    pytest tests/test_core_fast_paths.py -q
 """
 import numpy as np
 import pytest
@@ -121,57 +121,28 @@ SMALL_CNN = [{"type": "conv", "out": 6, "kernel": 3, "pad": 1}, {"type": "maxpoo
              {"type": "dense", "out": 10}]
 
 
-@pytest.mark.parametrize("cores", ["use_cores", "threadpool_limits"])
 @pytest.mark.parametrize("spec", [SMALL_BEST, SMALL_CNN], ids=["best", "cnn"])
-def test_layers_on_two_threads_equal_one_thread(monkeypatch, spec, cores):
-    # core/parallel.py: with 2 cores (dist.train's use_cores, or a library caller's 2 BLAS
-    # threads), conv, batch norm, max-pool and dense split their samples over 2 Python
-    # threads.  The outputs agree to float32 rounding (a dense layer's product of 6 rows may
-    # round differently from the same rows inside a product of 12, and dW sums per-worker
-    # partials), and a threaded run repeats itself bitwise.
-    from threadpoolctl import threadpool_limits
-    from core.parallel import use_cores
-    from core.conv import Conv2D, MaxPool2D
+def test_layers_in_chunks_equal_one_pass(monkeypatch, spec):
+    # Conv, batch norm and max-pool go through the batch in chunks of samples that fit the
+    # cache (core/layers.py, sample_chunks): in float64, many small chunks compute what one
+    # pass over the whole batch computes, to rounding, and a chunked step repeats bitwise.
+    import core.layers
     from core.keyed_random import keyed_noise
     from core.losses import softmax_cross_entropy
-    from core.norm import BatchNorm
-    monkeypatch.setattr(Conv2D, "CHUNK_ELEMENTS", 2 ** 11)      # many chunks on small data
-    monkeypatch.setattr(BatchNorm, "CHUNK_ELEMENTS", 2 ** 9)
-    monkeypatch.setattr(MaxPool2D, "CHUNK_ELEMENTS", 2 ** 9)
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((12, 14, 14, 1)).astype(np.float32)
+    x = rng.standard_normal((12, 14, 14, 1))
     labels = rng.integers(0, 10, 12)
     noise = keyed_noise(0, 0, np.arange(12))
 
-    def step(threads):
-        model = Model(spec, (14, 14, 1), seed=1)
-        with (use_cores(threads) if cores == "use_cores"
-              else threadpool_limits(threads, user_api="blas")):
-            out = model.forward(x, True, noise)
-            model.backward(softmax_cross_entropy(out, labels, 12)[1])
-        return out.copy(), model.grad.copy()
+    def step(elements):
+        monkeypatch.setattr(core.layers, "CHUNK_ELEMENTS", elements)
+        model = Model(spec, (14, 14, 1), seed=1, dtype=np.float64)
+        out = model.forward(x, True, noise)
+        model.backward(softmax_cross_entropy(out, labels, 12)[1])
+        return out.copy(), model.grad.copy(), model.state.copy()
 
-    one, two, again = step(1), step(2), step(2)
-    np.testing.assert_allclose(two[0], one[0], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(two[1], one[1], rtol=1e-4, atol=1e-6)
-    np.testing.assert_array_equal(again[0], two[0])
-    np.testing.assert_array_equal(again[1], two[1])
-
-
-def test_use_cores_gives_the_workers_and_keeps_blas_on_one_thread():
-    # dist.train's setting (core/parallel.py): n workers for the layers, BLAS on one thread
-    # for good (its own pool would spin beside our workers), and both restored afterwards.
-    from threadpoolctl import threadpool_info, threadpool_limits
-    from core.parallel import use_cores, workers
-
-    def blas_threads():
-        return next(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
-
-    with threadpool_limits(2, user_api="blas"):
-        assert workers() == 2 and blas_threads() == 2
-        with use_cores(3):
-            assert workers() == 3 and blas_threads() == 1
-            with use_cores(1):
-                assert workers() == 1 and blas_threads() == 1
-            assert workers() == 3 and blas_threads() == 1
-        assert workers() == 2 and blas_threads() == 2
+    whole, chunked, again = step(2 ** 30), step(2 ** 9), step(2 ** 9)
+    for a, b, c in zip(whole, chunked, again):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
+        np.testing.assert_array_equal(c, b)
+    assert np.abs(whole[1]).max() > 1e-3                   # a real gradient

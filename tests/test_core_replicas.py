@@ -5,7 +5,7 @@ to 1e-12 (only the summation order differs), so the finite-difference checks of 
 own backward (tests/test_core_gradcheck.py) carry over; a threaded step repeats bitwise; an
 error in one copy ends the step in all of them instead of leaving the others waiting.
 
-    /work/venv/bin/pytest tests/test_core_replicas.py -q
+    pytest tests/test_core_replicas.py -q
 """
 import threading
 
@@ -15,7 +15,6 @@ import pytest
 from core.keyed_random import keyed_noise
 from core.losses import softmax_cross_entropy
 from core.model import Model
-from core.parallel import use_cores, workers
 from core.replicas import Replicas
 
 # Every layer kind with per-batch coupling or per-sample randomness: conv (stride 2 too),
@@ -47,8 +46,7 @@ def test_copies_compute_the_step_of_one_model(copies, batch):
     one = Model(SPEC, SHAPE, seed=1, dtype=np.float64)
     expected = step(one, one, x, labels, noise)
     model = Model(SPEC, SHAPE, seed=1, dtype=np.float64)
-    with use_cores(copies):
-        got = step(Replicas(model, copies), model, x, labels, noise)
+    got = step(Replicas(model, copies), model, x, labels, noise)
     for name, want, have in zip(("outputs", "loss", "gradient", "running stats"), expected, got):
         np.testing.assert_allclose(have, want, rtol=1e-12, atol=1e-12, err_msg=name)
     assert np.abs(expected[2]).max() > 1e-3                  # a real gradient
@@ -60,8 +58,7 @@ def test_a_threaded_step_repeats_bitwise_and_float32_agrees_with_one_model():
     runs = []
     for _ in range(2):
         model = Model(SPEC, SHAPE, seed=1)
-        with use_cores(2):
-            runs.append(step(Replicas(model, 2), model, x, labels, noise))
+        runs.append(step(Replicas(model, 2), model, x, labels, noise))
     for a, b in zip(runs[0], runs[1]):
         np.testing.assert_array_equal(a, b)
     one = Model(SPEC, SHAPE, seed=1)
@@ -69,22 +66,35 @@ def test_a_threaded_step_repeats_bitwise_and_float32_agrees_with_one_model():
                                rtol=1e-4, atol=1e-6)
 
 
-def test_copies_share_the_parameters_and_run_one_worker_each():
+def test_copies_share_the_parameters_and_run_on_threads_of_their_own():
+    from threadpoolctl import threadpool_info
     model = Model(SPEC, SHAPE, seed=1)
     net = Replicas(model, 2)
     twin = net.copies[1]
     model.theta[:] = 0.25                                    # an update of the model ...
     assert all((twin_w == 0.25).all() for twin_w in twin.layers[0].params.values())
     assert twin.grad is not model.grad                       # ... but a gradient of its own
-    seen = []                                                # workers() inside each copy
+    seen = []                                                # the thread of each copy
     for copy in net.copies:
         forward = copy.layers[0].forward
-        copy.layers[0].forward = lambda x, train, f=forward: (seen.append(workers()),
-                                                              f(x, train))[1]
+        copy.layers[0].forward = lambda x, train, f=forward: (
+            seen.append(threading.get_ident()), f(x, train))[1]
     x, _, noise = data(4)
-    with use_cores(2):
-        net.forward(x.astype(np.float32), True, noise)
-    assert seen == [1, 1]                    # each copy's layers stay on their own thread
+    net.forward(x.astype(np.float32), True, noise)
+    assert len(set(seen)) == 2 and threading.get_ident() in seen   # copy 0: the caller
+    # BLAS multiplies on the calling thread: the copies are the parallelism.
+    assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
+
+
+def test_evaluation_on_copies_equals_one_model():
+    from dist.evaluate import predict_scores
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (37, 28, 28), dtype=np.uint8)
+    model = Model(SPEC, (28, 28, 1), seed=1, dtype=np.float64)
+    model.state[:] = rng.random(model.state.size) + 0.5     # trained running statistics
+    one = predict_scores(model, images, batch_size=16, threads=1)
+    np.testing.assert_allclose(predict_scores(model, images, batch_size=16, threads=3), one,
+                               rtol=1e-12, atol=1e-12)
 
 
 def test_an_error_in_one_copy_ends_the_step_in_all():
@@ -101,8 +111,7 @@ def test_an_error_in_one_copy_ends_the_step_in_all():
 
     def run():
         try:
-            with use_cores(2):
-                Replicas(model, 2).forward(x, True, HalfBroken())
+            Replicas(model, 2).forward(x, True, HalfBroken())
         except Exception as error:                         # noqa: BLE001 -- recorded
             result["error"] = error
     thread = threading.Thread(target=run, daemon=True)

@@ -124,7 +124,8 @@ def test_eval_in_chunks_matches_one_pass(monkeypatch):
     m = Model(SMALL)
     x = np.random.default_rng(1).random((9, 28, 28, 1), dtype=np.float32)
     whole = m.forward(x, False)
-    monkeypatch.setattr(type(m.layers[0]), "CHUNK_ELEMENTS", 28 * 28 * 9 * 2)       # 2 samples/chunk
+    import core.layers
+    monkeypatch.setattr(core.layers, "CHUNK_ELEMENTS", 28 * 28 * 9 * 2)       # 2 samples/chunk
     np.testing.assert_allclose(m.forward(x, False), whole, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(m.forward(x, True), whole, rtol=1e-5, atol=1e-6)     # no dropout/BN
 

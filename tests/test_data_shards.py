@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 
 from data.hdf5 import read_arrays
-from data.shards import (MEAN, STD, Shard, epoch_permutation, local_batch_positions, normalize,
-                         read_epoch_shard, read_rows, read_split, shard_indices,
-                         split_train_val, steps_per_epoch)
+from data.shards import (Shard, epoch_permutation, local_batch_positions, read_epoch_shard,
+                         read_rows, read_split, shard_indices, split_train_val, steps_per_epoch)
 
 
 def test_split_is_fixed_disjoint_and_complete():
@@ -98,12 +97,6 @@ def test_read_split(small_h5):
     assert tx.shape == (100, 28, 28) and np.array_equal(tidx, np.arange(100))
     with pytest.raises(ValueError):
         read_split(small_h5, "train")
-
-
-def test_normalize():
-    x = normalize(np.array([[[0, 255]]], dtype=np.uint8))
-    assert x.dtype == np.float32 and x.shape == (1, 1, 2, 1)
-    np.testing.assert_allclose(x.ravel(), [-MEAN / STD, (1 - MEAN) / STD], rtol=1e-6)
 
 
 def test_real_mnist_sanity_figures(mnist_h5):

@@ -57,9 +57,9 @@ def test_the_single_process_run_is_deterministic(mnist_h5, tmp_path):
 
 
 def test_one_process_of_two_threads_computes_what_two_ranks_compute(mnist_h5, tmp_path):
-    # run.split = "batch": each thread is a copy of the model on its rows of the batch
-    # (core/replicas.py) on the rows that rank of 2 would hold; batch-norm sums and the
-    # gradient sum are added in copy order as MPI adds 2 ranks: the same numbers, bit for bit.
+    # Each thread is a copy of the model (core/replicas.py) on the rows that rank of 2 would
+    # hold; batch-norm sums and the gradient sum are added in copy order as MPI adds 2 ranks:
+    # the same numbers, bit for bit.
     runs = {"t2": (1, "run.threads=2"), "t2-again": (1, "run.threads=2"),
             "n2": (2, "run.threads=1")}
     for name, (ranks, threads) in runs.items():

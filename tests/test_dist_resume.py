@@ -94,7 +94,7 @@ def test_one_process_of_two_threads_resumes_bitwise(mnist_h5, tmp_path):
     # kept, and the checkpoint holds them; killed and resumed, the run ends bit-identical.
     resumed = full_and_killed_then_resumed(mnist_h5, tmp_path, "--set", "run.threads=2", *EXTRA,
                                            ranks=1)
-    assert "resuming at epoch" in resumed.stdout and "split by batch" in resumed.stdout
+    assert "resuming at epoch" in resumed.stdout and "(a model copy each)" in resumed.stdout
     for name in ("theta", "state"):
         with h5py.File(tmp_path / "full" / "ckpt-e002-s00000.h5", "r") as f:
             reference = f[name][...]

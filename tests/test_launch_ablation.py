@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from launch.ablation import ROWS, row_configs
+from launch.lab.ablation import ROWS, row_configs
 from tests.dist_helpers import REPO, env
 
 pytestmark = pytest.mark.timeout(240)
@@ -24,7 +24,7 @@ def test_rows_are_cumulative_and_each_adds_one_change():
 def test_two_rows_run_and_tabulate(mnist_h5, tmp_path):
     small = ["--set", f"data.path={mnist_h5}", "--set", "data.val_size=1000",
              "--set", "train.steps_per_epoch=5", "--set", "train.epochs=1", "--set", "run.threads=1"]
-    out = subprocess.run([sys.executable, "-m", "launch.ablation", "--ranks", "1", "--rows",
+    out = subprocess.run([sys.executable, "-m", "launch.lab.ablation", "--ranks", "1", "--rows",
                           "sgd,momentum", "--out", str(tmp_path), *small], cwd=REPO, env=env(),
                          capture_output=True, text=True, timeout=220)
     assert out.returncode == 0, out.stderr
@@ -40,7 +40,7 @@ def test_two_rows_run_and_tabulate(mnist_h5, tmp_path):
 
 
 def test_unknown_row_is_one_line_and_exit_2(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "launch.ablation", "--rows", "sgd,adam",
+    out = subprocess.run([sys.executable, "-m", "launch.lab.ablation", "--rows", "sgd,adam",
                           "--out", str(tmp_path)], cwd=REPO, env=env(), capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 2
@@ -49,10 +49,10 @@ def test_unknown_row_is_one_line_and_exit_2(tmp_path):
 
 
 def test_bad_set_is_one_line_before_any_row_trains(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "launch.ablation", "--rows", "sgd,conv",
+    out = subprocess.run([sys.executable, "-m", "launch.lab.ablation", "--rows", "sgd,conv",
                           "--set", "train.epochs=x", "--out", str(tmp_path)], cwd=REPO, env=env(),
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
-    assert out.stderr.strip() == ("launch.ablation: --set train.epochs: train.epochs must be an "
-                                  "integer, got 'x'")
+    assert out.stderr.strip() == ("launch.lab.ablation: --set train.epochs: train.epochs must "
+                                  "be an integer, got 'x'")
     assert not any(tmp_path.iterdir())

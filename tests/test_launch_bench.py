@@ -1,4 +1,4 @@
-"""Smoke test of the benchmark: `python -m launch.bench --quick` runs and writes sane JSON.
+"""Smoke test of the benchmark: `python -m launch.lab.bench --quick` runs and writes sane JSON.
 
 A benchmark is not a test: no timing is asserted, only that every field is there and positive.
 """
@@ -8,17 +8,17 @@ import sys
 
 import pytest
 
-from launch.fakehosts import MPIRUN
+from launch.lab.fakehosts import MPIRUN
 from tests.dist_helpers import REPO, env, error_lines
 
 pytestmark = pytest.mark.timeout(180)
 
 
 def run_bench(mnist_h5, *args):
-    """`python -m launch.bench ARGS` on the test's MNIST file; returns the finished process."""
+    """`python -m launch.lab.bench ARGS` on the test's MNIST file; returns the finished process."""
     e = env()
     e["MPIGRAD_DATA"] = str(mnist_h5)
-    result = subprocess.run([sys.executable, "-m", "launch.bench", *args], cwd=REPO, env=e,
+    result = subprocess.run([sys.executable, "-m", "launch.lab.bench", *args], cwd=REPO, env=e,
                             capture_output=True, text=True, timeout=170)
     assert result.returncode == 0, result.stderr
     return result
@@ -63,48 +63,57 @@ def test_layer_profile_times_every_layer(mnist_h5, tmp_path):
     assert "total" in result.stdout
 
 
-def test_the_gemm_recorder_sees_every_product_of_a_step_and_replays_them():
-    """A 2-layer MLP step is 5 GEMMs (no dx into the image) plus 2 bias column sums; the
-    recorder lists them with their shapes and layouts, and np.matmul is restored after."""
+def test_the_gemm_list_of_a_step_is_the_models_products():
+    """A 2-layer MLP step is 5 products (no dx into the image), derived from the layers with
+    their shapes and layouts; their FLOPs are the GEMM part of bench_table's count; with two
+    copies of the model each copy multiplies its half of the batch; the replay runs them."""
     import numpy as np
 
-    from core.losses import LOSSES
     from core.model import Model
-    from core.parallel import use_cores
-    from launch.gemm_ceiling import record_matmuls, replay_seconds
+    from launch.lab.gemm_ceiling import replay_seconds, step_gemms
 
-    real = np.matmul
     model = Model([{"type": "flatten"}, {"type": "dense", "out": 16}, {"type": "relu"},
                    {"type": "dense", "out": 10}], input_shape=(28, 28, 1), seed=0)
-    x = np.random.default_rng(0).random((8, 28, 28, 1), dtype=np.float32)
-    y = np.arange(8) % 10
-    with use_cores(1), record_matmuls() as calls:                # one worker: calls in order
-        out = model.forward(x, train=True)
-        model.backward(LOSSES["xent"](out, y, divisor=8)[1])
-    assert np.matmul is real
-    products = [(c.a_shape, c.a_layout, c.b_shape, c.b_layout) for c in calls]
-    assert products == [
-        ((8, 784), "C", (784, 16), "C"),           # forward, dense 1
-        ((8, 16), "C", (16, 10), "C"),             # forward, dense 2
+    gemms = step_gemms(model, batch=8)
+    assert [(g.a_shape, g.a_layout, g.b_shape, g.b_layout) for g in gemms] == [
+        ((8, 784), "C", (784, 16), "C"),           # forward, dense 1: x W1
+        ((8, 16), "C", (16, 10), "C"),             # forward, dense 2: h W2
         ((16, 8), "T", (8, 10), "C"),              # dW2 = h^T dy
         ((8, 10), "C", (10, 16), "T"),             # dx2 = dy W2^T
-        ((8,), "C", (8, 10), "C"),                 # db2: column sum
-        ((784, 8), "T", (8, 16), "C"),             # dW1 = x^T dh
-        ((8,), "C", (8, 16), "C"),                 # db1
+        ((784, 8), "T", (8, 16), "C"),             # dW1 = x^T dh (no dx1: nobody needs it)
     ]
-    assert calls[0].flops == 2 * 8 * 784 * 16
-    replayed = replay_seconds(calls, repeats=2)   # runs the 7 products again; no speed asserted
-    assert np.isfinite(replayed)
-    # Two workers (core/parallel.py) multiply 4 rows each; the calls say which thread made
-    # them, and the replay runs each thread's calls in a thread of its own.
-    with use_cores(2), record_matmuls() as threaded:
-        model.backward(LOSSES["xent"](model.forward(x, train=True), y, divisor=8)[1])
-    assert sorted({c.thread for c in threaded}) == [0, 1]
-    assert sorted(c.a_shape for c in threaded if c.b_shape == (784, 16)) == [(4, 784), (4, 784)]
-    assert np.isfinite(replay_seconds(threaded, repeats=2))
-    with pytest.raises(ZeroDivisionError), record_matmuls():
-        1 / 0
-    assert np.matmul is real
+    assert sum(g.flops for g in gemms) == 8 * 2 * (3 * (784 * 16 + 16 * 10) - 784 * 16)
+    halves = step_gemms(model, batch=8, copies=2)
+    assert sorted({g.copy for g in halves}) == [0, 1]
+    assert [g.a_shape for g in halves if g.b_shape == (784, 16)] == [(4, 784), (4, 784)]
+    assert sum(g.flops for g in halves) == sum(g.flops for g in gemms)
+    assert np.isfinite(replay_seconds(gemms, repeats=2))        # no speed asserted
+    assert np.isfinite(replay_seconds(halves, repeats=2))
+
+
+def test_a_convolution_multiplies_its_im2col_chunk_by_chunk():
+    """Conv2D's products in im2col form, (B*Ho*Wo, kh*kw*Cin) @ (kh*kw*Cin, Cout), split into
+    chunks of whole samples; the model's real forward agrees on the shapes."""
+    import numpy as np
+
+    from core.model import Model
+    from launch.lab.gemm_ceiling import layer_gemms
+
+    model = Model([{"type": "conv", "out": 4, "kernel": 3},
+                   {"type": "conv", "out": 8, "kernel": 3, "stride": 2, "pad": 1},
+                   {"type": "flatten"}, {"type": "dense", "out": 10}],
+                  input_shape=(28, 28, 1), seed=0)
+    conv = model.layers[1]
+    batch = 80
+    forward, backward = layer_gemms(conv, batch)
+    x = np.zeros((batch, 28, 28, 1), np.float32)
+    _, ho, wo, cout = conv.forward(model.layers[0].forward(x, False), False).shape   # real
+    assert len(forward) > 1                                      # chunked
+    assert all(g.b_shape == (3 * 3 * 4, cout) and g.a_shape[0] % (ho * wo) == 0
+               for g in forward)
+    assert sum(g.a_shape[0] for g in forward) == batch * ho * wo
+    assert len(backward) == 2 * len(forward)                     # dW and dx of every chunk
+    assert sum(g.flops for g in backward) == 2 * sum(g.flops for g in forward)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -117,7 +126,7 @@ def test_the_gemm_recorder_sees_every_product_of_a_step_and_replays_them():
 ])
 def test_bad_arguments_end_in_one_line_before_measuring(args, message, tmp_path):
     out = tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, "-m", "launch.bench", *args, "--out", str(out)],
+    result = subprocess.run([sys.executable, "-m", "launch.lab.bench", *args, "--out", str(out)],
                             cwd=REPO, env=env(), capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     lines = error_lines(result.stderr)
@@ -131,7 +140,7 @@ def test_an_unreadable_data_file_ends_every_rank_in_one_line(tmp_path):
     bad.write_text("not hdf5")
     e = env()
     e["MPIGRAD_DATA"] = str(bad)
-    result = subprocess.run([MPIRUN, "-n", "2", sys.executable, "-m", "launch.bench", "--quick",
+    result = subprocess.run([MPIRUN, "-n", "2", sys.executable, "-m", "launch.lab.bench", "--quick",
                              "--presets", "mlp", "--out", str(tmp_path / "b.json")],
                             cwd=REPO, env=e, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2

@@ -1,4 +1,4 @@
-"""launch.compare on tiny real members (trained here on real MNIST): its figures are the
+"""launch.lab.compare on tiny real members (trained here on real MNIST): its figures are the
 members' averaged softmax on the validation split, the test split is read only when asked for,
 and bad candidates are one line each."""
 import json
@@ -9,7 +9,7 @@ import pytest
 from core.losses import softmax
 from data.shards import read_split
 from dist.evaluate import model_from_checkpoint, predict_scores
-from launch import compare
+from launch.lab import compare
 from tests.dist_helpers import run_job, small_run_args
 
 pytestmark = pytest.mark.timeout(420)   # the first test trains the members (module fixture)

@@ -1,8 +1,8 @@
-"""Runs across machines, simulated: two network namespaces as two hosts (launch/fakehosts.py).
+"""Runs across machines, simulated: two network namespaces as two hosts (launch/lab/fakehosts.py).
 
 The two "hosts" have their own network stack, host name and address (10.77.0.1 / 10.77.0.2
 on a veth pair); hydra's `mpirun` runs on the first and starts the second rank's proxy
-through launch/netns-launch, exactly as it would through ssh on a cluster. Checked:
+through launch/lab/netns-launch, exactly as it would through ssh on a cluster. Checked:
 
 * the wrapper runs a command on the named host (its host name) and refuses unknown hosts;
 * an MPI probe job: the ranks see different host names, node-local size 1 each, and their
@@ -10,7 +10,7 @@ through launch/netns-launch, exactly as it would through ssh on a cluster. Check
 * a 2-rank `dist.train` across the two hosts exits 0, its final parameters equal those of
   the single-host `mpirun -n 2` run (asserted < 1e-5 relative, reported if bitwise), and
   at least one gradient allreduce per step worth of bytes crossed the veth link;
-* over a limited link (200 Mbit/s, 1 ms one way: tc's tbf and launch/wire.py's switch) a TCP
+* over a limited link (200 Mbit/s, 1 ms one way: tc's tbf and launch/lab/wire.py's switch) a TCP
   round trip takes ~2 ms and a bulk transfer runs at ~200 Mbit/s, and a 4-rank `dist.train` on
   2 hosts x 2 ranks (two ranks per host share memory) with the hierarchical update ends with
   the parameters of the flat sharded update and of a 4-rank single-host run.
@@ -31,9 +31,9 @@ import time
 
 import pytest
 
-from launch.fakehosts import IFACE, WRAPPER, FakeHosts, FakeHostsError, _ip, measure
-from launch.fakehosts import netns_names as _netns
-from launch.wire import LinkSpec
+from launch.lab.fakehosts import IFACE, WRAPPER, FakeHosts, FakeHostsError, _ip, measure
+from launch.lab.fakehosts import netns_names as _netns
+from launch.lab.wire import LinkSpec
 from tests.dist_helpers import REPO, env, rel_diff, run_job, small_run_args, theta_of
 
 pytestmark = pytest.mark.timeout(180)
@@ -96,7 +96,7 @@ def test_the_wrapper_runs_commands_on_the_named_host(hosts):
 
 
 def test_ranks_on_two_hosts_talk_over_the_fake_network(hosts):
-    cmd = hosts.mpirun_command(["-n", "2", sys.executable, "-m", "launch.fakehosts", "probe"])
+    cmd = hosts.mpirun_command(["-n", "2", sys.executable, "-m", "launch.lab.fakehosts", "probe"])
     out = subprocess.run(cmd, env=_env(hosts), cwd=REPO, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -206,18 +206,18 @@ def test_link_specs_are_read_or_refused_in_one_line():
                       ("1:2:3:4:5", "RATE[:DELAY")):
         with pytest.raises(ValueError, match=re.escape(says)):
             LinkSpec.parse(bad)
-    out = subprocess.run([sys.executable, "-m", "launch.fakehosts", "up", "--link", "fast"],
+    out = subprocess.run([sys.executable, "-m", "launch.lab.fakehosts", "up", "--link", "fast"],
                          cwd=REPO, env=env(), capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "--link 'fast'" in out.stderr
 
 
 def test_the_scaling_benchmark_runs_over_limited_links(limited_hosts, mnist_h5, tmp_path):
-    """launch.bench --links (launch/scaling.py), tiny: 1 and 2 hosts, unlimited and limited
+    """launch.lab.bench --links (launch/lab/scaling.py), tiny: 1 and 2 hosts, unlimited and limited
     links, every update kind; the JSON has the rows, a fit per link and the plot exists."""
     out = tmp_path / "scaling.json"
     before = set(_netns())
-    job = subprocess.run([sys.executable, "-m", "launch.bench", "--links", f"unlimited,{LIMITED}",
-                          "--presets", "mlp", "--hosts", "1,2", "--ranks-per-host", "1",
+    job = subprocess.run([sys.executable, "-m", "launch.lab.bench",
+                          "--links", f"unlimited,{LIMITED}", "--presets", "mlp", "--hosts", "1,2", "--ranks-per-host", "1",
                           "--quick", "--data", str(mnist_h5), "--out", str(out),
                           "--plot", str(tmp_path / "scaling.png")],
                          cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)

@@ -1,8 +1,8 @@
 """An ablation: what each improvement adds, one at a time, on a fixed budget.
 
-    python -m launch.ablation                        # every row, mpirun -n 2 each (~15 min)
-    python -m launch.ablation --ranks 1 --rows sgd,momentum      # some rows, one process each
-    python -m launch.ablation --table runs/ablation  # the table again, from finished runs
+    python -m launch.lab.ablation                       # every row, mpirun -n 2 each
+    python -m launch.lab.ablation --ranks 1 --rows sgd,momentum    # some rows, one process each
+    python -m launch.lab.ablation --table runs/ablation  # the table again, from finished runs
 
 Each row is an ordinary `dist.train` run: the previous row's configuration plus one change,
 so the difference between two consecutive rows is what that change adds. The ladder goes from
@@ -30,9 +30,9 @@ from pathlib import Path
 
 from dist.errors import ExpectedError
 from dist.config import load_config
-from launch.fakehosts import MPIRUN   # the venv's mpirun, else the one on PATH
+from launch.lab.fakehosts import MPIRUN   # the venv's mpirun, else the one on PATH
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # The classic 784-100-10 network of launch/configs/classic.toml.
 MLP = '[{type="flatten"}, {type="dense", out=100}, {type="sigmoid"}, {type="dense", out=10}, {type="sigmoid"}]'
@@ -85,7 +85,7 @@ ROWS = [
     ("augment", "+ random affine augmentation (2 px, 10 deg, 10%)",
      {"data.augment": "true", "data.max_shift": "2.0", "data.max_rotate": "10.0",
       "data.max_scale": "0.1"}),
-    ("deskew", "+ deskew: each digit sheared upright before the first layer (core/deskew.py)",
+    ("deskew", "+ deskew: each digit sheared upright before the first layer (data/pipeline.py)",
      {"model.layers": conv_layers(True, True, deskew=DESKEW)}),
     ("deskew_raw", "+ deskew the raw image before augmenting it instead (before_augment)",
      {"model.layers": conv_layers(True, True, deskew=DESKEW_RAW)}),
@@ -148,7 +148,7 @@ def table(results: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m launch.ablation", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m launch.lab.ablation", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ranks", type=int, default=2, help="mpirun -n RANKS per row (1: no mpirun)")
     ap.add_argument("--rows", default="", help="comma-separated row names (default: all)")
@@ -165,11 +165,11 @@ def main(argv=None) -> int:
     chosen = args.rows.split(",") if args.rows else names
     unknown = [n for n in chosen if n not in names]
     if unknown:
-        print(f"launch.ablation: --rows: unknown row {unknown[0]!r}; rows are {', '.join(names)}",
-              file=sys.stderr)
+        print(f"launch.lab.ablation: --rows: unknown row {unknown[0]!r}; "
+              f"rows are {', '.join(names)}", file=sys.stderr)
         return 2
     if args.ranks < 1:
-        print(f"launch.ablation: --ranks {args.ranks}: must be >= 1", file=sys.stderr)
+        print(f"launch.lab.ablation: --ranks {args.ranks}: must be >= 1", file=sys.stderr)
         return 2
     out = Path(args.out).resolve()
     extra = [a for kv in args.set for a in ("--set", kv)]
@@ -178,13 +178,13 @@ def main(argv=None) -> int:
             try:
                 load_config("cnn", overrides=[f"{k}={v}" for k, v in overrides.items()] + args.set)
             except ExpectedError as err:
-                print(f"launch.ablation: {err}", file=sys.stderr)
+                print(f"launch.lab.ablation: {err}", file=sys.stderr)
                 return 2
     for name, _, overrides in row_configs():
         if name in chosen:
             code = run_row(name, overrides, out, args.ranks, extra)
             if code:
-                print(f"launch.ablation: row {name} failed (exit {code}); its log is above",
+                print(f"launch.lab.ablation: row {name} failed (exit {code}); its log is above",
                       file=sys.stderr)
                 return code
     results = summarize(out, [n for n in names if n in chosen])

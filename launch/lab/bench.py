@@ -1,43 +1,45 @@
 """Training throughput against this machine's own float32 GEMM peak, per preset and rank count.
 
-    python -m launch.bench                               # mlp, cnn, best in this process (1 rank)
-    mpirun -n 2 python -m launch.bench                   # any MPI launch: measured on its ranks
-    python -m launch.bench --ranks 1,2,4                 # launches itself with mpirun per rank count
-    python -m launch.bench --ranks 1,2 --threads 1       # 1 BLAS thread per rank (scaling)
-    python -m launch.bench --presets cnn --long          # longer, steadier measurement
-    python -m launch.bench --quick --out /tmp/b.json     # a few steps: checks that it runs
-    python -m launch.bench --ranks 2 --update allreduce  # another update kind (dist/update.py)
-    python -m launch.bench --layers --presets cnn        # ms per layer, forward and backward
-    python -m launch.bench --links unlimited,1gbit:100us # across fake hosts (launch/scaling.py)
+    python -m launch.lab.bench                             # mlp, cnn, best in this process
+    mpirun -n 2 python -m launch.lab.bench                 # any MPI launch: measured on its ranks
+    python -m launch.lab.bench --ranks 1,2,4               # itself under mpirun, per rank count
+    python -m launch.lab.bench --ranks 1,2 --threads 1     # 1 thread per rank (scaling)
+    python -m launch.lab.bench --presets cnn --long        # longer, steadier measurement
+    python -m launch.lab.bench --quick --out /tmp/b.json   # a few steps: checks that it runs
+    python -m launch.lab.bench --ranks 2 --update allreduce   # another update (dist/update.py)
+    python -m launch.lab.bench --layers --presets cnn      # ms per layer, forward and backward
+    python -m launch.lab.bench --links unlimited,1gbit:100us  # across fake hosts (scaling.py)
 
 What a step is: dist.train's own ``train_step`` on real MNIST (data.prepare.ensure_dataset()),
-after dist.train's ``local_batch``: keyed augmentation (if the preset asks) and normalize
-("data"), model.forward with keyed dropout noise ("forward", includes the batch-norm reduces),
-the loss and model.backward ("backward"), the update that dist.train picks for this topology
-(dist/update.py): its reduce-scatter and all-gather ("allreduce": includes waiting for the
-slowest rank), its SGD step and the finiteness check ("optimizer"). `--update KIND` times
-another kind. Steps run in blocks; images/s and the split come from the fastest block
-(best-of-N: the machine may be shared).
+after dist.train's ``local_batch``: the input pipeline, data/pipeline.py (deskew, keyed
+augmentation and normalisation, as the preset asks: "data"), model.forward with keyed
+dropout noise ("forward", includes the batch-norm reduces), the loss and model.backward
+("backward"), the update that dist.train picks for this topology (dist/update.py): its
+reduce-scatter and all-gather ("allreduce": includes waiting for the slowest rank), its
+SGD step and the finiteness check ("optimizer"). `--update KIND` times another kind.
+A rank's threads are copies of the model, each on its rows of the batch, with BLAS on one
+thread (core/replicas.py), as dist.train runs them. Steps run in blocks; images/s and the
+split come from the fastest block (best-of-N: the machine may be shared).
 
 The physical limit: a plain float32 numpy matmul (2048 square, best of several) run by every
-rank at once with the same BLAS threads as training; the sum over ranks is the machine's
-GEMM peak for this launch. It is measured before and after every preset, and the highest
-figure counts for all rows. Achieved GFLOP/s = images/s x training FLOPs per image, where the
-training FLOPs are 3x the model's forward FLOPs (forward, dW and dx GEMMs) minus the dx of the
-first layer with parameters, which the model never computes (see launch/bench_table.py).
+rank at once, with as many BLAS threads as the rank has model copies; the sum over ranks is
+the machine's GEMM peak for this launch. It is measured before and after every preset, and
+the highest figure counts for all rows. Achieved GFLOP/s = images/s x training FLOPs per
+image, where the training FLOPs are 3x the model's forward FLOPs (forward, dW and dx GEMMs)
+minus the dx of the first layer with parameters, which the model never computes (see
+launch/lab/bench_table.py).
 
-The GEMM ceiling ("ceil%"): every np.matmul call of one real step is recorded and replayed
-alone (launch/gemm_ceiling.py); the %peak the step would reach if those products were all it
-did. The gap between %peak and ceil% is everything else; the gap from ceil% to 100% is what
-BLAS makes of the step's thin shapes.
+The GEMM ceiling ("ceil%"): the matrix products of one step, derived from the model's layers,
+replayed alone (launch/lab/gemm_ceiling.py); the %peak the step would reach if those products
+were all it did. The gap between %peak and ceil% is everything else; the gap from ceil% to 100%
+is what BLAS makes of the step's thin shapes.
 
 Also: the update alone, every kind of dist/update.py ("allreduce": then SGD on every
 parameter; "sharded": MPI's reduce-scatter, SGD on this rank's slice, MPI's all-gather;
 "shared-memory": the same halves through a shared-memory window, where all ranks share a node),
 timed in alternation in the same launch so that all see the same moments of a shared machine
-(ms per step); evaluation images/s (rank
-0, model.forward in eval mode over validation images, with all cores, as dist.train does at
-epoch end) and peak memory per rank (ru_maxrss). With --ranks,
+(ms per step); evaluation images/s (rank 0, dist.evaluate over validation images with all
+cores, as dist.train does at epoch end) and peak memory per rank (ru_maxrss). With --ranks,
 every (preset, rank count) runs in its own mpirun, so ru_maxrss is that preset's own peak; in
 a direct launch it is the process's peak so far (presets run in order).
 
@@ -61,32 +63,33 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 from core.losses import LOSSES
 from core.model import Model
-from core.parallel import use_cores
-from data.errors import DataError
+from core.replicas import blas_on_one_thread
+from data.errors import UserError
 from data.prepare import ensure_dataset
 from data.shards import read_epoch_shard, read_split
+from dist.collective import on_root
 from dist.comm import Comm, install_abort_hook
-from dist.config import CONFIG_DIR, KINDS, SPLITS, load_config
+from dist.config import CONFIG_DIR, KINDS, load_config
 from dist.errors import ExpectedError
 from dist.evaluate import evaluate
 from dist.train import (Clock, build_model, build_net, build_optimizer, build_update,
                         local_batch, train_step)
 from dist.update import make_update
-from launch.bench_table import PHASES, format_table, train_flops
-from launch.fakehosts import MPIRUN
-from launch.gemm_ceiling import record_matmuls, replay_seconds
+from launch.lab.bench_table import PHASES, format_table, train_flops
+from launch.lab.fakehosts import MPIRUN
+from launch.lab.gemm_ceiling import layer_gemms, replay_seconds, step_gemms
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CHILD_ENV = "MPIGRAD_BENCH_CHILD"
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="python -m launch.bench", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m launch.lab.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", default="mlp,cnn,best", help="comma-separated presets")
     ap.add_argument("--ranks", default="", help="e.g. 1,2,4: run each with mpirun -n N")
     ap.add_argument("--threads", type=int, default=0,
-                    help="BLAS threads per rank (0: cores // ranks on this node, min 1)")
+                    help="model copies (threads) per rank (0: dist.train's share of the cores)")
     ap.add_argument("--seconds", type=float, default=1.0, help="target length of a timed block")
     ap.add_argument("--blocks", type=int, default=3, help="timed blocks per preset (best wins)")
     ap.add_argument("--eval-images", type=int, default=2000,
@@ -94,10 +97,8 @@ def parse_args(argv):
                          "if more: 10000 matches torch_peer's pass over the test set)")
     ap.add_argument("--update", default="auto", choices=KINDS,
                     help="the update kind (dist/update.py; default: dist.train's, by topology)")
-    ap.add_argument("--split", default="batch", choices=SPLITS,
-                    help="how a rank's threads share a step (dist.train's run.split)")
     ap.add_argument("--layers", action="store_true",
-                    help="instead: forward and backward ms of every layer, one process")
+                    help="instead: forward and backward ms of every layer, one thread")
     ap.add_argument("--quick", action="store_true", help="tiny: for tests and a first look")
     ap.add_argument("--long", action="store_true", help="5 blocks of 5 s per preset")
     ap.add_argument("--out", help="JSON path (default runs/bench-<time>/bench.json)")
@@ -132,18 +133,20 @@ def check_args(args) -> None:
             raise ExpectedError(f"{flag} {value}: expected {want}")
 
 
-def gemm_peak(comm: Comm, n: int = 2048, repeats: int = 5) -> float:
-    """GFLOP/s of a float32 n x n matmul on every rank at once, summed over ranks."""
+def gemm_peak(comm: Comm, threads: int, n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of a float32 n x n matmul with `threads` BLAS threads on every rank at once,
+    summed over ranks."""
     rng = np.random.default_rng(comm.rank)
     a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
     c = np.empty((n, n), np.float32)
-    np.matmul(a, b, out=c)                                  # warm-up: threads, pages
-    best = np.inf
-    for _ in range(repeats):
-        comm.wait_for_root() if comm.size > 1 else None     # start together
-        t = time.perf_counter()
-        np.matmul(a, b, out=c)
-        best = min(best, time.perf_counter() - t)
+    with threadpool_limits(threads, user_api="blas"):
+        np.matmul(a, b, out=c)                              # warm-up: threads, pages
+        best = np.inf
+        for _ in range(repeats):
+            comm.wait_for_root() if comm.size > 1 else None     # start together
+            t = time.perf_counter()
+            np.matmul(a, b, out=c)
+            best = min(best, time.perf_counter() - t)
     return float(comm.allreduce_sum(np.array([2 * n ** 3 / best / 1e9]))[0])
 
 
@@ -157,7 +160,7 @@ def bench_preset(comm: Comm, name: str, data_path: str, threads: int, args) -> d
     opt, _ = build_optimizer(cfg, model, shard.steps)
     update = build_update(cfg, comm, model, opt, args.update)
     loss_fn, lr = LOSSES[cfg.model.loss], cfg.optim.lr * 0.1   # small lr: stays finite
-    net = build_net(model, threads, args.split)
+    net = build_net(model, threads)                            # the model copies
     k = 0
 
     def step(times):
@@ -173,9 +176,7 @@ def bench_preset(comm: Comm, name: str, data_path: str, threads: int, args) -> d
         times += np.array([clock.seconds[p] for p in PHASES])
         k += 1
 
-    for _ in range(2):                                         # warm-up: buffers, pages
-        step(np.zeros(len(PHASES)))
-    with record_matmuls() as matmuls:                          # the step's GEMMs, for the ceiling
+    for _ in range(3):                                         # warm-up: buffers, pages
         step(np.zeros(len(PHASES)))
     # Steps per block from a probe, agreed by all ranks (they must run the same count).
     probe = time.perf_counter()
@@ -197,14 +198,15 @@ def bench_preset(comm: Comm, name: str, data_path: str, threads: int, args) -> d
     update_ms = update_costs(comm, cfg, model, shard.steps, repeats=5 if args.quick else 50)
     eval_ips = eval_speed(comm, model, data_path, cfg, args.eval_images)
     rss = comm.gather(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    # After the peak memory is taken: the replay's operand copies are not training's memory.
-    gemm_s = replay_seconds(matmuls, repeats=2 if args.quick else 10,
+    # After the peak memory is taken: the replay's operands are not training's memory.
+    rows = int(shard.batch_offsets[1] - shard.batch_offsets[0])   # this rank's share of a batch
+    gemms = step_gemms(model, rows, threads)
+    gemm_s = replay_seconds(gemms, repeats=2 if args.quick else 10,
                             start=comm.wait_for_root, finish=comm.barrier)
     gemm_s = max(comm.allgather(gemm_s))                                      # slowest rank
     ips = steps * batch / wall
     flops = train_flops(model)
-    return {"preset": name, "ranks": comm.size, "threads": threads, "split": args.split,
-            "batch_size": batch,
+    return {"preset": name, "ranks": comm.size, "threads": threads, "batch_size": batch,
             "steps": steps, "blocks": args.blocks, "images_per_s": ips,
             "step_ms": 1e3 * wall / steps, "train_flops_per_image": flops,
             "gflops": ips * flops / 1e9,
@@ -213,8 +215,8 @@ def bench_preset(comm: Comm, name: str, data_path: str, threads: int, args) -> d
             "rss_mib_per_rank": rss, "params": int(model.theta.size),
             "augment": bool(cfg.data.augment), "update_transport": transport,
             "update_ms": update_ms,
-            "gemm_ms": 1e3 * gemm_s, "gemm_calls": len(matmuls),
-            "gemm_gflops_per_rank": sum(c.flops for c in matmuls) / gemm_s / 1e9,
+            "gemm_ms": 1e3 * gemm_s, "gemm_calls": len(gemms),
+            "gemm_gflops_per_rank": sum(g.flops for g in gemms) / gemm_s / 1e9,
             "ceiling_images_per_s": batch / gemm_s}
 
 
@@ -248,11 +250,11 @@ def eval_speed(comm: Comm, model: Model, data_path: str, cfg, n: int) -> float |
     if comm.is_root and n > 0:
         images, labels, _ = read_split(data_path, "val", cfg.data.split_seed, cfg.data.val_size)
         images, labels = np.resize(images, (n,) + images.shape[1:]), np.resize(labels, n)
-        with use_cores(len(os.sched_getaffinity(0))):
-            evaluate(model, images[:100], labels[:100], cfg.model.loss)      # warm-up
-            t = time.perf_counter()
-            evaluate(model, images, labels, cfg.model.loss)
-            ips = len(images) / (time.perf_counter() - t)
+        cores = len(os.sched_getaffinity(0))
+        evaluate(model, images[:100], labels[:100], cfg.model.loss, threads=cores)   # warm-up
+        t = time.perf_counter()
+        evaluate(model, images, labels, cfg.model.loss, threads=cores)
+        ips = len(images) / (time.perf_counter() - t)
     comm.wait_for_root()
     return ips
 
@@ -268,35 +270,28 @@ def run_here(args) -> dict | None:
     comm = Comm()
     install_abort_hook(comm)                # an unexpected error on one rank ends the job
     cores = len(os.sched_getaffinity(0))
-    threads = args.threads or getattr(comm, "cores_per_rank", None) \
-        or max(1, cores // comm.local_size)
+    threads = args.threads or comm.cores.per_rank
+    blas_on_one_thread()                    # as dist.train: the threads are the model copies
     np.seterr(over="ignore", invalid="ignore", divide="ignore")
-    data_path, problem = None, ""
-    if comm.is_root:
-        try:
-            data_path = str(ensure_dataset(quiet=True))
-        except DataError as err:
-            problem = str(err)
-    comm.agree(not problem, problem)        # every rank stops, not only the one that read
-    data_path = comm.bcast(data_path)
+    # Rank 0 reads (or downloads) the data; a problem with it stops every rank, in one line.
+    data_path = str(on_root(comm, ensure_dataset, quiet=True))
+    repeats = 2 if args.quick else 5
+    # The peak is measured before and after every preset and the highest figure is the limit
+    # for all rows: on a shared machine one measurement can land in a slow moment.
+    peak = gemm_peak(comm, threads, repeats=repeats)
     rows = []
-    with threadpool_limits(threads, user_api="blas"):
-        # The peak is measured before and after every preset and the highest figure is the
-        # limit for all rows: on a shared machine one measurement can land in a slow moment.
-        peak = gemm_peak(comm, repeats=2 if args.quick else 5)
-        for name in args.presets:
-            with use_cores(threads):       # as dist.train runs: BLAS on one thread per worker
-                rows.append(bench_preset(comm, name, data_path, threads, args))
-            peak = max(peak, gemm_peak(comm, repeats=2 if args.quick else 5))
-        for row in rows:
-            row.update(peak_gflops=peak, pct_peak=100 * row["gflops"] / peak,
-                       ceiling_pct_peak=100 * row["ceiling_images_per_s"]
-                       * row["train_flops_per_image"] / 1e9 / peak)
+    for name in args.presets:
+        rows.append(bench_preset(comm, name, data_path, threads, args))
+        peak = max(peak, gemm_peak(comm, threads, repeats=repeats))
+    for row in rows:
+        row.update(peak_gflops=peak, pct_peak=100 * row["gflops"] / peak,
+                   ceiling_pct_peak=100 * row["ceiling_images_per_s"]
+                   * row["train_flops_per_image"] / 1e9 / peak)
     if not comm.is_root:
         return None
     return {"rows": rows, "machine": {"cores": cores, "blas": blas_info(),
                                       "numpy": np.__version__, "cpu": cpu_name()},
-            "command": " ".join(["python -m launch.bench"] + sys.argv[1:]),
+            "command": " ".join(["python -m launch.lab.bench"] + sys.argv[1:]),
             "created": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
@@ -323,7 +318,7 @@ def run_ranks(args, argv) -> dict:
             for name in args.presets:
                 out = Path(tmp) / f"{name}-{n}.json"
                 threads = args.threads or max(1, cores // n)
-                cmd = [MPIRUN, "-n", str(n), sys.executable, "-m", "launch.bench",
+                cmd = [MPIRUN, "-n", str(n), sys.executable, "-m", "launch.lab.bench",
                        "--presets", name, "--threads", str(threads), "--out", str(out),
                        *passthrough]
                 print(f"# {n} rank(s) x {threads} thread(s): {name}", file=sys.stderr, flush=True)
@@ -332,7 +327,7 @@ def run_ranks(args, argv) -> dict:
                     raise SystemExit(f"error: {' '.join(cmd)} exited with {proc.returncode}")
                 part = json.loads(out.read_text())
                 result = part if result is None else {**result, "rows": result["rows"] + part["rows"]}
-    result["command"] = " ".join(["python -m launch.bench"] + argv)
+    result["command"] = " ".join(["python -m launch.lab.bench"] + argv)
     return result
 
 
@@ -349,11 +344,11 @@ def strip_option(argv, name):
     return out
 
 
-def layer_times(name: str, threads: int, repeats: int) -> list[dict]:
-    """ms of forward and backward of every layer of a preset's model, one process, on one
-    batch of real MNIST at the preset's batch size (best of `repeats` after a warm-up). As in
-    training, the first layer with parameters computes no dL/dimage. Also the ms of each
-    layer's matrix products replayed alone (launch/gemm_ceiling.py): the rest of a layer's
+def layer_times(name: str, repeats: int) -> list[dict]:
+    """ms of forward and backward of every layer of a preset's model, one copy on one thread,
+    on one batch of real MNIST at the preset's batch size (best of `repeats` after a warm-up).
+    As in training, the first layer with parameters computes no dL/dimage. Also the ms of each
+    layer's matrix products replayed alone (launch/lab/gemm_ceiling.py): the rest of a layer's
     time is memory traffic around them."""
     cfg = load_config(name)
     model = build_model(cfg, Comm())
@@ -361,32 +356,28 @@ def layer_times(name: str, threads: int, repeats: int) -> list[dict]:
                              cfg.train.batch_size, split_seed=cfg.data.split_seed,
                              val_size=cfg.data.val_size)
     x, y, noise = local_batch(cfg, shard, 0, epoch=0)
-    model.layers[model._first_param].need_dx = False
+    first = model._first_param
+    model.layers[first].need_dx = False
     best = np.full((len(model.layers), 2), np.inf)
-    matmuls = [[[], []] for _ in model.layers]                     # per layer: forward, backward
 
     def timed(i, phase, run, warm_up):
         t = time.perf_counter()
-        if warm_up:
-            with record_matmuls() as calls:
-                out = run()
-            matmuls[i][phase] = calls
-        else:
-            out = run()
+        out = run()
+        if not warm_up:
             best[i, phase] = min(best[i, phase], time.perf_counter() - t)
         return out
 
-    with use_cores(threads):
-        for r in range(repeats + 1):                               # the first run warms up
-            h = x
-            for i, layer in enumerate(model.layers):
-                h = timed(i, 0, lambda: layer.forward(h, True, noise) if layer.needs_noise
-                          else layer.forward(h, True), warm_up=r == 0)
-            _, d = LOSSES[cfg.model.loss](h, y, divisor=len(y))
-            for i in range(len(model.layers) - 1, model._first_param - 1, -1):
-                d = timed(i, 1, lambda: model.layers[i].backward(d), warm_up=r == 0)
-        gemm = [[1e3 * replay_seconds(calls, repeats) if calls else 0.0 for calls in layer]
-                for layer in matmuls]
+    for r in range(repeats + 1):                                   # the first run warms up
+        h = x
+        for i, layer in enumerate(model.layers):
+            h = timed(i, 0, lambda: layer.forward(h, True, noise) if layer.needs_noise
+                      else layer.forward(h, True), warm_up=r == 0)
+        _, d = LOSSES[cfg.model.loss](h, y, divisor=len(y))
+        for i in range(len(model.layers) - 1, first - 1, -1):
+            d = timed(i, 1, lambda: model.layers[i].backward(d), warm_up=r == 0)
+    gemm = [[1e3 * replay_seconds(gemms, repeats) if gemms else 0.0
+             for gemms in layer_gemms(layer, len(x), need_dx=i != first)]
+            for i, layer in enumerate(model.layers)]                # per layer: fwd, bwd
     return [{"index": i, "type": layer.type_name, "input_shape": list(layer.input_shape),
              "forward_ms": 1e3 * best[i, 0],
              "backward_ms": 1e3 * best[i, 1] if np.isfinite(best[i, 1]) else 0.0,
@@ -410,11 +401,11 @@ def print_layer_times(name: str, rows: list[dict]) -> None:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a == "--links" or a.startswith("--links=") for a in argv):
-        from launch.scaling import main as scaling   # hosts and links: its own options
+        from launch.lab.scaling import main as scaling   # hosts and links: its own options
         return scaling(argv)
     try:
         return measure(argv)
-    except (ExpectedError, DataError) as err:       # every rank gets here (Comm.agree)
+    except UserError as err:                        # every rank gets here (dist.collective)
         if Comm().is_root:
             print(f"error: {err}", file=sys.stderr)
         return 2
@@ -423,13 +414,12 @@ def main(argv=None) -> int:
 def measure(argv) -> int:
     args = parse_args(argv)
     if args.layers:
-        threads = args.threads or 1
-        result = {name: layer_times(name, threads, 2 if args.quick else 10)
-                  for name in args.presets}
+        blas_on_one_thread()                   # one copy on one thread, as each of training's
+        result = {name: layer_times(name, 2 if args.quick else 10) for name in args.presets}
         for name, rows in result.items():
             print_layer_times(name, rows)
         if args.out:
-            Path(args.out).write_text(json.dumps({"threads": threads, "layers": result}, indent=1))
+            Path(args.out).write_text(json.dumps({"threads": 1, "layers": result}, indent=1))
         return 0
     result = run_ranks(args, argv) if args.ranks else run_here(args)
     if result is None:                                         # not rank 0

@@ -1,4 +1,4 @@
-"""Helpers of launch/bench.py: FLOP counting and the table.
+"""Helpers of launch/lab/bench.py: FLOP counting and the table.
 
 Training FLOPs per image.  Model.describe() gives forward FLOPs per sample (a multiply-add is
 2).  A dense or conv layer's backward is two GEMMs of the forward's size (dW = x^T dy and
@@ -6,7 +6,7 @@ dx = dy W^T), so a training step costs 3x the forward -- except that the model n
 dL/dimage: the first layer with parameters skips its dx GEMM.  Elementwise layers are counted
 3x too (nominal: they are memory-bound and small next to the GEMMs).
 
-    python -m launch.bench_table runs/bench-X/bench.json     # print the table of a saved run
+    python -m launch.lab.bench_table runs/bench-X/bench.json     # print the table of a saved run
 """
 from __future__ import annotations
 
@@ -50,8 +50,8 @@ def format_table(result: dict) -> str:
             + f"{r['peak_rss_mib']:>6.0f}")
     lines.append("# split: ms per step (rank 0) in data, forward, backward, allreduce, optimizer;"
                  " MiB: peak RSS, max over ranks")
-    lines.append("# ceil%: the %peak if the step's matmuls, replayed alone at their own shapes,"
-                 " were all it did (launch/gemm_ceiling.py)")
+    lines.append("# ceil%: the %peak if the step's matrix products, replayed alone at their own"
+                 " shapes, were all it did (launch/lab/gemm_ceiling.py)")
     for r in sorted(result["rows"], key=lambda r: (r["preset"], r["ranks"], r["threads"])):
         u = r.get("update_ms")
         if u and r["ranks"] > 1:

@@ -1,8 +1,8 @@
 """Compare ensemble candidates on the validation split: errors, accuracy and log-loss.
 
-    python -m launch.compare runs/ens-best8 runs/ens-mixed             # two ensembles
-    python -m launch.compare runs/ens:0-11 runs/ens:0-13 runs/ens:0-15 --each
-    python -m launch.compare runs/ens-best20+runs/best-wide            # 7 members + one run
+    python -m launch.lab.compare runs/ens-best8 runs/ens-mixed             # two ensembles
+    python -m launch.lab.compare runs/ens:0-11 runs/ens:0-13 runs/ens:0-15 --each
+    python -m launch.lab.compare runs/ens-best20+runs/best-wide            # 7 members + one run
 
 Each argument is one candidate: a set of trained runs whose probabilities are averaged, as
 ``dist.ensemble`` averages them (each run's ``best.h5``, the epoch its validation split chose).
@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 
-from data.errors import DataError
+from data.errors import UserError
 from data.prepare import ensure_dataset
 from data.shards import read_split
 from dist.checkpoint import load_checkpoint
@@ -111,7 +111,7 @@ def format_row(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m launch.compare", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m launch.lab.compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("candidates", nargs="+", metavar="CANDIDATE",
                         help="RUN_DIR, ENSEMBLE_DIR or ENSEMBLE_DIR:0-7,12, joined with +")
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
               file=sys.stderr, flush=True)
     try:
         results = compare(args.candidates, args.split, args.data, args.each)
-    except (ExpectedError, DataError) as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for result in results:

@@ -6,16 +6,16 @@ a private subnet and reach each other by name, so MPICH's launcher (hydra `mpiru
 MPI library treat them exactly like separate machines: the ranks get different host names,
 `COMM_TYPE_SHARED` groups of size 1, and every byte between ranks crosses the virtual wire.
 
-    python -m launch.fakehosts up [--hosts 2] [--prefix mpg]      # needs root
-    python -m launch.fakehosts up --hosts 4 --link 1gbit:100us   # links with limits (launch/wire.py)
-    python -m launch.fakehosts measure                          # their round trip and Mbit/s
-    python -m launch.fakehosts run --slots 2 -- -n 4 python -m launch.fakehosts probe  # 2 per host
-    python -m launch.fakehosts run [--prefix mpg] -- -n 2 python -m launch.fakehosts probe
-    python -m data.prepare                                       # first: no internet in there
-    python -m launch.fakehosts run -- -n 2 python -m dist.train --preset mlp --set train.epochs=1
-    python -m launch.fakehosts run -- -f my-hostfile -n 4 python -m launch.fakehosts probe
-    python -m launch.fakehosts status
-    python -m launch.fakehosts down [--prefix mpg]
+    python -m launch.lab.fakehosts up [--hosts 2] [--prefix mpg]     # needs root
+    python -m launch.lab.fakehosts up --hosts 4 --link 1gbit:100us  # links with limits (wire.py)
+    python -m launch.lab.fakehosts measure                   # their round trip and Mbit/s
+    python -m launch.lab.fakehosts run [--prefix mpg] -- -n 2 python -m launch.lab.fakehosts probe
+    python -m launch.lab.fakehosts run --slots 2 -- -n 4 ...         # 2 ranks per host
+    python -m launch.lab.fakehosts run -- -f my-hostfile -n 4 ...    # your own host file
+    python -m data.prepare                                   # first: no internet in there
+    python -m launch.lab.fakehosts run -- -n 2 python -m dist.train --set train.epochs=1
+    python -m launch.lab.fakehosts status
+    python -m launch.lab.fakehosts down [--prefix mpg]
 
 The fake hosts see the machine's file systems (same repository, venv, data file, run folder:
 like a cluster with a shared home) but have no route to anything but each other, so the
@@ -32,16 +32,17 @@ host names to those addresses. Nothing is created in the machine's own (root) na
 so several sets of fake hosts, even with the same subnet, can coexist.
 
 `--link RATE[:DELAY[:JITTER[:LOSS%]]]` gives every host's cable a bandwidth (tc's tbf on its
-interface) and a one-way latency, jitter and loss (a user-space switch, launch/wire.py: this
-kernel has no netem); then the hosts hang off that switch's TAP devices instead of veths.
+interface) and a one-way latency, jitter and loss (a user-space switch, launch/lab/wire.py,
+which needs no netem); then the hosts hang off that switch's TAP devices instead of veths.
 `measure` checks a link: the median TCP round trip of one byte and the rate of a bulk send
-from the first host to the second (the wire adds ~35 us each way to the latency asked for).
+from the first host to the second (the switch, a Python loop, adds a little to the latency
+asked for).
 
 `run` starts hydra's `mpirun` inside the first host, with `-hosts PREFIX-a,PREFIX-b,...`
 (unless you pass -hosts/-host/-f yourself), `-iface mpg0` and
-`-launcher ssh -launcher-exec launch/netns-launch`: hydra then starts its proxy on each
+`-launcher ssh -launcher-exec launch/lab/netns-launch`: hydra then starts its proxy on each
 remote host through that wrapper as if through ssh (`netns-launch [ssh options] HOST CMD`),
-and the wrapper (`python -m launch.fakehosts ssh ...`) runs CMD in HOST's namespace with
+and the wrapper (`python -m launch.lab.fakehosts ssh ...`) runs CMD in HOST's namespace with
 HOST as host name. Ranks are placed round-robin, one per host per turn; `--slots N` places
 N ranks on a host before the next (`-hosts a:N,b:N`), so ranks 0..N-1 share host a and its
 memory, as on a cluster node. The environment also pins the MPI transport to TCP over `mpg0`
@@ -72,10 +73,10 @@ import sys
 import time
 from pathlib import Path
 
-from launch.wire import MTU, LinkSpec
+from launch.lab.wire import MTU, LinkSpec
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+REPO = HERE.parents[1]
 WRAPPER = HERE / "netns-launch"
 IFACE = "mpg0"
 NETNS_ETC = Path("/etc/netns")
@@ -130,7 +131,7 @@ class FakeHosts:
         names = sorted(n for n in netns_names() if re.fullmatch(rf"{re.escape(prefix)}-[a-z]", n))
         if len(names) < 2:
             raise FakeHostsError(f"no fake hosts {prefix}-a, {prefix}-b, ... "
-                                 f"(run: python -m launch.fakehosts up --prefix {prefix})")
+                                 f"(run: python -m launch.lab.fakehosts up --prefix {prefix})")
         saved = LINKS_DIR / f"{prefix}.link"
         link = LinkSpec.parse(saved.read_text()) if saved.exists() else LinkSpec()
         fh = cls(prefix, len(names), link=link)
@@ -142,7 +143,8 @@ class FakeHosts:
         out = subprocess.run(["ip", "netns", "exec", host, "tc", "qdisc", "show", "dev", IFACE],
                              capture_output=True, text=True, timeout=20).stdout
         rate = re.search(r"tbf \S+ root .*?rate (\S+)", out)
-        delay = f", {self.link.delay * 1e6:g} us one way (launch.wire)" if self.link.needs_wire else ""
+        delay = (f", {self.link.delay * 1e6:g} us one way (launch.lab.wire)"
+                 if self.link.needs_wire else "")
         return f"rate {rate[1] if rate else 'unlimited'}{delay}"
 
     def address(self, host: str) -> str:
@@ -162,7 +164,7 @@ class FakeHosts:
         taken = set(netns_names()) & {*self.names, self.switch}
         if taken:
             raise FakeHostsError(f"namespaces already exist: {', '.join(sorted(taken))} "
-                                 f"(python -m launch.fakehosts down --prefix {self.prefix})")
+                                 f"(python -m launch.lab.fakehosts down --prefix {self.prefix})")
         try:
             self._up()
         except BaseException:
@@ -173,7 +175,7 @@ class FakeHosts:
     def _up(self) -> None:
         for host in self.names:
             _ip("netns", "add", host)
-        if self.link.needs_wire:          # a user-space switch that delays (launch/wire.py)
+        if self.link.needs_wire:          # a user-space switch that delays (launch/lab/wire.py)
             self._start_wire()
         elif len(self.names) == 2:        # one cable: a veth pair, one end in each host
             a, b = self.names
@@ -203,18 +205,19 @@ class FakeHosts:
         (LINKS_DIR / f"{self.prefix}.link").write_text(str(self.link))
 
     def _start_wire(self) -> None:
-        """Start launch/wire.py's switch: it makes a TAP device IFACE in every host and then
+        """Start launch/lab/wire.py's switch: it makes a TAP device IFACE in every host and then
         moves into the namespace PREFIX-sw (so `down` ends it with the hosts)."""
         _ip("netns", "add", self.switch)
         wire = subprocess.Popen(
-            [sys.executable, "-m", "launch.wire", self.switch, IFACE, str(self.link), *self.names],
+            [sys.executable, "-m", "launch.lab.wire", self.switch, IFACE, str(self.link),
+             *self.names],
             cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, start_new_session=True, text=True,
             env={**os.environ, "PYTHONPATH": str(REPO)})
         if wire.stdout.readline().strip() != "ready":
             wire.kill()
-            raise FakeHostsError(f"launch.wire did not start (exit {wire.wait()}); run "
-                                 f"`python -m launch.wire {self.switch} {IFACE} {self.link} "
+            raise FakeHostsError(f"launch.lab.wire did not start (exit {wire.wait()}); run "
+                                 f"`python -m launch.lab.wire {self.switch} {IFACE} {self.link} "
                                  f"{' '.join(self.names)}` to see why")
         wire.stdout.close()
         for host in self.names:
@@ -389,7 +392,7 @@ def link_client(address: str, port: int = MEASURE_PORT, pings: int = 200,
 def measure(fh: "FakeHosts", seconds: float = 1.0) -> dict:
     """Round trip and throughput from the first host to the second, over the fake network."""
     a, b = fh.names[:2]
-    py = [sys.executable, "-m", "launch.fakehosts"]
+    py = [sys.executable, "-m", "launch.lab.fakehosts"]
     server = subprocess.Popen(in_host(b, [*py, "link-server"]), env=fh.env(),
                               stdout=subprocess.DEVNULL)
     try:
@@ -417,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         rate, seconds = float(argv[2]), float(argv[3])
         print(json.dumps(link_client(argv[1], rate=rate, seconds=seconds)))
         return 0
-    parser = argparse.ArgumentParser(prog="python -m launch.fakehosts",
+    parser = argparse.ArgumentParser(prog="python -m launch.lab.fakehosts",
                                      description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_up = sub.add_parser("up", help="create the fake hosts")
@@ -425,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--subnet", default="10.77.0", help="first three octets (default 10.77.0)")
     p_up.add_argument("--link", default="unlimited",
                       help="each host's cable: RATE[:DELAY[:JITTER[:LOSS%%]]], e.g. 1gbit:100us "
-                           "(launch/wire.py; default unlimited)")
+                           "(launch/lab/wire.py; default unlimited)")
     p_run = sub.add_parser("run", help="mpirun across the fake hosts: run -- <mpirun args>")
     p_run.add_argument("--slots", type=int, default=1,
                        help="ranks per host, placed in blocks (-hosts a:N,b:N; default 1)")
@@ -461,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "run":
             mpirun_args = args.mpirun_args[1:] if args.mpirun_args[:1] == ["--"] else args.mpirun_args
             if not mpirun_args:
-                parser.error("run -- <mpirun args>, e.g. run -- -n 2 python -m launch.fakehosts probe")
+                parser.error("run -- <mpirun args>, "
+                             "e.g. run -- -n 2 python -m launch.lab.fakehosts probe")
             fh = FakeHosts.existing(args.prefix)
             cmd = fh.mpirun_command(mpirun_args, slots=args.slots)
             return subprocess.run(cmd, env=fh.env()).returncode

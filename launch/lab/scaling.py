@@ -1,17 +1,17 @@
 """Scaling over simulated links: images/s, efficiency and the time a step waits for the network.
 
-    python -m launch.scaling                          # the full table and plot (needs root)
-    python -m launch.scaling --quick                  # a few steps: checks that it all runs
-    python -m launch.scaling --presets cnn --links 1gbit:100us --hosts 2 --repeats 3
+    python -m launch.lab.scaling                          # the full table and plot (needs root)
+    python -m launch.lab.scaling --quick                  # a few steps: checks that it all runs
+    python -m launch.lab.scaling --presets cnn --links 1gbit:100us --hosts 2 --repeats 3
 
-For every preset, link and topology (H hosts x L ranks, launch/fakehosts.py; one host needs no
+For every preset, link and topology (H hosts x L ranks, launch/lab/fakehosts.py; one host needs no
 link) one MPI job runs dist.train's step on real MNIST with each update transport that fits
 the topology, alternating timed blocks between them so they see the same moments of a shared
 machine (dist/update.py): "sharded" (reduce-scatter, step, all-gather, after backward),
 "overlapped" (allreduce of buckets started during backward) and, with several ranks per host,
-"hierarchical" (shared memory in the host, MPI across); one host runs dist.train's own choice. The limited and the unlimited links
-run back to back for each (preset, topology), and everything is repeated: compare ratios of
-neighbours, not absolute figures, on a loaded machine.
+"hierarchical" (shared memory in the host, MPI across); one host runs dist.train's own choice.
+The limited and the unlimited links run back to back for each (preset, topology), and
+everything is repeated: compare ratios of neighbours, not absolute figures, on a loaded machine.
 
 Reported per row: images/s of the fastest block, compute and wait ms per step (wait = time in
 the update's communication: what overlap could not hide, and waiting for a slower rank),
@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LINKS = ["unlimited", "1gbit:100us", "10gbit:20us"]
 TOPOLOGIES = [(1, 1), (1, 2), (2, 1), (2, 2), (4, 1), (4, 2)]
 PREDICT_HOSTS = [2, 4, 8, 16, 32, 64]
@@ -130,9 +130,9 @@ def modes_for(hosts: int, per_host: int) -> list[str]:
 
 
 def run_job(fh, hosts: int, per_host: int, preset: str, args) -> dict:
-    from launch.fakehosts import MPIRUN
+    from launch.lab.fakehosts import MPIRUN
     out = Path(args.tmp) / f"job-{time.monotonic_ns()}.json"
-    inner = [sys.executable, "-m", "launch.scaling", "job", "--preset", preset,
+    inner = [sys.executable, "-m", "launch.lab.scaling", "job", "--preset", preset,
              "--modes", ",".join(modes_for(hosts, per_host)), "--seconds", str(args.seconds),
              "--blocks", str(args.blocks), "--data", args.data, "--bucket-mb",
              str(args.bucket_mb), "--job-out", str(out)]
@@ -149,8 +149,8 @@ def run_job(fh, hosts: int, per_host: int, preset: str, args) -> dict:
 
 
 def drive(args) -> dict:
-    from launch.fakehosts import FakeHosts
-    from launch.wire import LinkSpec
+    from launch.lab.fakehosts import FakeHosts
+    from launch.lab.wire import LinkSpec
     sets: dict[tuple[str, int], FakeHosts] = {}
     rows = []
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # still take the hosts down
@@ -355,7 +355,7 @@ def plot(result: dict, path: Path) -> None:
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="python -m launch.scaling", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m launch.lab.scaling", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", default="mlp,cnn,best")
     ap.add_argument("--links", default=",".join(LINKS))
@@ -403,7 +403,7 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as args.tmp:
             t = time.perf_counter()
             result = drive(args)
-            result.update(command="python -m launch.scaling " + " ".join(argv),
+            result.update(command="python -m launch.lab.scaling " + " ".join(argv),
                           seconds=time.perf_counter() - t,
                           created=time.strftime("%Y-%m-%d %H:%M:%S"))
     result = analyse(result)

@@ -1,8 +1,8 @@
-"""The cables between the fake hosts of launch/fakehosts.py: bandwidth, latency, jitter, loss.
+"""The cables between the fake hosts of launch/lab/fakehosts.py: bandwidth, latency, jitter, loss.
 
-    python -m launch.fakehosts up --hosts 2 --link 1gbit:100us          # 1 Gbit/s, 100 us
-    python -m launch.fakehosts up --hosts 4 --link 10gbit:20us:5us:0.01%  # + jitter, loss
-    python -m launch.fakehosts measure                                   # check: RTT, Mbit/s
+    python -m launch.lab.fakehosts up --hosts 2 --link 1gbit:100us          # 1 Gbit/s, 100 us
+    python -m launch.lab.fakehosts up --hosts 4 --link 10gbit:20us:5us:0.01%  # + jitter, loss
+    python -m launch.lab.fakehosts measure                                   # check: RTT, Mbit/s
 
 A link is ``RATE[:DELAY[:JITTER[:LOSS%]]]``: RATE in bit/s (``1gbit``, ``200mbit``, ``unlimited``),
 DELAY the one-way latency between any two hosts (``100us``, ``1ms``; a ping's round trip is
@@ -10,10 +10,10 @@ twice that), JITTER a uniform +-spread of it (packets stay in order), LOSS the p
 a packet is lost.
 
 Who does what, and why not netem.  The usual tool is tc's netem qdisc ("delay 100us rate
-1gbit").  This machine's kernel is built without it (CONFIG_NET_SCH_NETEM is not set, and
-there is no /lib/modules to load it from: `tc qdisc add ... netem` fails with "Specified qdisc
-kind is unknown"); of the shaping qdiscs it has only tbf and htb, which limit a rate but cannot
-hold a packet back for a fixed time.  So:
+1gbit").  But netem is a kernel module that many kernels (containers, small VMs) lack:
+`tc qdisc add ... netem` then fails with "Specified qdisc kind is unknown".  The token bucket
+filter (tbf) is nearly always there, and it limits a rate but cannot hold a packet back for a
+fixed time.  So:
 
 * **bandwidth**: tc's token bucket filter (tbf) on every host's interface, in the kernel,
   on the host's way out (one host's uplink; with two hosts that is both directions of the cable);
@@ -25,8 +25,8 @@ hold a packet back for a fixed time.  So:
 
 The TAP devices get an MTU of 64000 bytes, so TCP sends ~16 kB-64 kB segments and the switch
 handles a few thousand frames per second at 1 Gbit/s (about 1,500-byte frames would be 40 times
-as many, too many for a Python loop on a loaded 2-core machine).  The timing precision is that of
-a Python loop (tens of microseconds), which ``python -m launch.fakehosts measure`` shows.
+as many, too many for a Python loop).  The timing precision is that of a Python loop (tens of
+microseconds), which ``python -m launch.lab.fakehosts measure`` shows.
 """
 from __future__ import annotations
 
@@ -204,5 +204,5 @@ def serve(switch_ns: str, hosts: list[str], ifname: str, link: LinkSpec) -> int:
     return 0
 
 
-if __name__ == "__main__":   # python -m launch.wire SWITCH_NS IFNAME LINK HOST...
+if __name__ == "__main__":   # python -m launch.lab.wire SWITCH_NS IFNAME LINK HOST...
     sys.exit(serve(sys.argv[1], sys.argv[4:], sys.argv[2], LinkSpec.parse(sys.argv[3])))
