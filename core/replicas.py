@@ -95,16 +95,19 @@ class Replicas:
         if len(self.copies) > 1:
             blas_on_one_thread()         # the copies are the parallelism, not BLAS's threads
 
-    def _rows(self, b):
-        """The rows of every active copy (at most b copies): copy k of n takes rows k, k + n,
-        k + 2n, ... -- the rows rank k of n ranks holds (data/shards.py deals them so)."""
+    def _rows(self, b, train=True):
+        """The rows of every active copy (at most b copies).  In training copy k of n takes
+        rows k, k + n, k + 2n, ... -- the rows rank k of n ranks holds (data/shards.py deals
+        them so); in evaluation, where no copy depends on another, one block of rows each
+        (a view: no rows to copy)."""
         n = max(1, min(len(self.copies), b))
-        return [slice(k, None, n) for k in range(n)]
+        if train:
+            return [slice(k, None, n) for k in range(n)]
+        return [slice(b * k // n, b * (k + 1) // n) for k in range(n)]
 
-    def _run(self, b, work):
-        """work(k, rows) for every active copy k, each on its own thread, with the copies'
+    def _run(self, rows, work):
+        """work(k, rows[k]) for every active copy k, each on its own thread, with the copies'
         batch-norm reduce set to the sum over copies for the call."""
-        rows = self._rows(b)
         n, outer = len(rows), self.model.reduce
         total = self.sum = _Sum(n, outer)
         for k in range(n):
@@ -132,38 +135,40 @@ class Replicas:
 
     def forward(self, x, train, noise=None):
         """x (B, 28, 28, 1) -> outputs (B, 10), as Model.forward: copy k computes rows k::n."""
-        if len(self._rows(len(x))) == 1:
+        rows = self._rows(len(x), train)
+        if len(rows) == 1:
             return self.model.forward(x, train, noise)
         if not train:                    # evaluation uses the running statistics: the model's
             for copy in self.copies[1:]:
                 copy.state[...] = self.model.state
         out = [None] * len(self.copies)
 
-        def work(k, rows):
-            out[k] = self.copies[k].forward(np.ascontiguousarray(x[rows]), train,
-                                            _rows_of(noise, rows))
-        self._run(len(x), work)
+        def work(k, mine):
+            out[k] = self.copies[k].forward(np.ascontiguousarray(x[mine]), train,
+                                            _rows_of(noise, mine))
+        self._run(rows, work)
         y = np.empty((len(x),) + out[0].shape[1:], out[0].dtype)
-        for k, rows in enumerate(self._rows(len(x))):
-            y[rows] = out[k]
+        for k, mine in enumerate(rows):
+            y[mine] = out[k]
         return y
 
     def backward(self, dout, grad_ready=None):
         """model.grad = the gradient of the whole batch: each copy's, added in copy order.
         With several copies, grad_ready(0) once at the end (the whole arena is final then:
         an overlapped update gets nothing to overlap); with one, the model's own backward."""
-        n = len(self._rows(len(dout)))
+        rows = self._rows(len(dout))
+        n = len(rows)
         if n == 1:
             return self.model.backward(dout, grad_ready=grad_ready)
         grads = [copy.grad for copy in self.copies]
 
-        def work(k, rows):
-            self.copies[k].backward(dout[rows])     # a copy: Model.backward makes one
+        def work(k, mine):
+            self.copies[k].backward(dout[mine])     # a copy: Model.backward makes one
             self.sum.barrier.wait()                  # every copy's gradient is complete
             lo, hi = len(grads[0]) * k // n, len(grads[0]) * (k + 1) // n
             for g in grads[1:n]:                     # this thread's block, in copy order
                 grads[0][lo:hi] += g[lo:hi]
-        self._run(len(dout), work)
+        self._run(rows, work)
         if grad_ready is not None:
             grad_ready(0)
         return None

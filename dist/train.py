@@ -121,12 +121,14 @@ def build_optimizer(cfg, model: Model, steps: int):
     return opt, lr_at
 
 
-def build_update(cfg, comm: Comm, model: Model, opt: SGD, kind: str | None = None):
-    """The gradient sum and step for this topology and the [comm] settings (dist/update.py)."""
+def build_update(cfg, comm: Comm, model: Model, opt: SGD, kind: str | None = None,
+                 threads: int = 1):
+    """The gradient sum and step for this topology and the [comm] settings (dist/update.py);
+    the rank's threads share its optimizer step."""
     c = cfg.comm
     return make_update(comm, model.theta, model.grad, opt, kind or c.update,
                        layer_offsets=model.param_offsets, bucket_mb=c.bucket_mb,
-                       overlap=c.overlap, hierarchical=c.hierarchical)
+                       overlap=c.overlap, hierarchical=c.hierarchical, threads=threads)
 
 
 def local_batch(cfg, shard, k: int, epoch: int):
@@ -427,7 +429,7 @@ def setup(comm: Comm, args) -> Run:
     cfg.model.layers = model.spec  # defaults filled in: this is what checkpoints compare
     data_path, fingerprint, steps = open_data(comm, cfg)
     opt, lr_at = collectively(comm, build_optimizer, cfg, model, steps)
-    update = build_update(cfg, comm, model, opt)
+    update = build_update(cfg, comm, model, opt, threads=1 if args.debug else threads)
     progress, run_dir = start(comm, cfg, model, opt, resume, fingerprint)
     ema = make_ema(cfg, model, resume)
     root = RootWork(comm, cfg, model, opt, ema, run_dir, data_path, fingerprint, start_time)

@@ -90,6 +90,7 @@ from __future__ import annotations
 import numpy as np
 
 from core.optim import SGD
+from core.replicas import run_threads
 from dist.comm import Comm
 
 def sum_slice(shared, sl: slice, out: np.ndarray) -> None:
@@ -116,6 +117,8 @@ class AllreduceUpdate:
     transport = "allreduce"
     shared = None                 # a shared-memory window, for the kinds that use one
 
+    threads = 1                   # a rank's threads (model copies): see step
+
     def __init__(self, comm: Comm, theta: np.ndarray, grad: np.ndarray, opt: SGD):
         self.comm, self.theta, self.grad, self.opt = comm, theta, grad, opt
         self.lo, self.my_grad = 0, grad               # "my slice" is all of it: (P,)
@@ -128,8 +131,13 @@ class AllreduceUpdate:
         self.comm.allreduce_sum_(self.grad)
 
     def step(self, lr: float) -> None:
-        """The optimizer on this rank's slice of theta (all of it here)."""
-        self.opt.step(self.theta, self.my_grad, lr, lo=self.lo)
+        """The optimizer on this rank's slice of theta (all of it here). A rank with several
+        threads steps its slice as that many ranks would: one part per thread, at once (each
+        parameter's arithmetic is the same in any part, so the result is too)."""
+        size, n = self.my_grad.size, self.threads
+        parts = [(size * k // n, size * (k + 1) // n) for k in range(n)]
+        run_threads(lambda k: self.opt.step(self.theta, self.my_grad[parts[k][0]:parts[k][1]],
+                                            lr, lo=self.lo + parts[k][0]), n)
 
     def gather_parameters(self) -> None:
         pass                                          # every rank updated all of theta
@@ -291,13 +299,14 @@ class HierarchicalUpdate(AllreduceUpdate):
 
 def make_update(comm: Comm, theta: np.ndarray, grad: np.ndarray, opt: SGD,
                 kind: str = "auto", layer_offsets=(0,), bucket_mb: float = 0.5,
-                overlap: bool = True, hierarchical: bool = True) -> AllreduceUpdate:
+                overlap: bool = True, hierarchical: bool = True,
+                threads: int = 1) -> AllreduceUpdate:
     """The update for this topology: one rank has nothing to reduce (plain); ranks that all
     share a node use the shared-memory window; several hosts with several ranks each sum
     within the host first (``hierarchical``); one rank per host sends buckets during backward
     (``overlap``; ``layer_offsets``: where each layer starts in theta, ``Model.param_offsets``);
     otherwise MPI's reduce-scatter and all-gather. ``kind`` forces one (config ``comm.update``),
-    e.g. to compare them."""
+    e.g. to compare them. ``threads``: the rank's threads, which share its optimizer step."""
     if kind == "auto":
         kind = "allreduce" if comm.size == 1 else \
             "shared-memory" if comm.single_node else \
@@ -310,7 +319,10 @@ def make_update(comm: Comm, theta: np.ndarray, grad: np.ndarray, opt: SGD,
     if comm.size == 1:
         kind = "allreduce"            # nothing to shard: the sums are no-ops
     if kind == "overlapped":
-        return OverlappedUpdate(comm, theta, grad, opt, layer_offsets, bucket_mb * 2 ** 20)
-    cls = {"allreduce": AllreduceUpdate, "sharded": ShardedUpdate,
-           "shared-memory": SharedMemoryUpdate, "hierarchical": HierarchicalUpdate}[kind]
-    return cls(comm, theta, grad, opt)
+        update = OverlappedUpdate(comm, theta, grad, opt, layer_offsets, bucket_mb * 2 ** 20)
+    else:
+        cls = {"allreduce": AllreduceUpdate, "sharded": ShardedUpdate,
+               "shared-memory": SharedMemoryUpdate, "hierarchical": HierarchicalUpdate}[kind]
+        update = cls(comm, theta, grad, opt)
+    update.threads = max(1, int(threads))
+    return update

@@ -56,21 +56,27 @@ for n in (1001, 20):
         f"equal {np.array_equal(theta, expected)}")
 
 # Every update kind (dist/update.py) on an uneven vector, twice in a row (the second step
-# reuses the shared-memory window): each rank's theta equals the plain allreduce's.
+# reuses the shared-memory window): each rank's theta equals the plain allreduce's; a rank's
+# 3 threads sharing its optimizer step give its 1 thread's theta bit for bit.
 from core.optim import SGD  # noqa: E402
 from dist.update import make_update  # noqa: E402
 n = 1001
-results = {}
+results, threaded = {}, []
 for kind in ("allreduce", "sharded", "shared-memory"):
-    theta, grad = np.zeros(n, np.float32), np.empty(n, np.float32)
-    update = make_update(comm, theta, grad, SGD(n, momentum=0.5), kind=kind)
-    for step in range(2):
-        grad[...] = np.arange(n, dtype=np.float32) * (comm.rank + 1) + step
-        update.reduce_gradient()
-        update.step(1.0)
-        update.gather_parameters()
-    results[update.transport] = theta
-    update.close()
+    for threads in (1, 3):
+        theta, grad = np.zeros(n, np.float32), np.empty(n, np.float32)
+        update = make_update(comm, theta, grad, SGD(n, momentum=0.5, weight_decay=0.1),
+                             kind=kind, threads=threads)
+        for step in range(2):
+            grad[...] = np.arange(n, dtype=np.float32) * (comm.rank + 1) + step
+            update.reduce_gradient()
+            update.step(1.0)
+            update.gather_parameters()
+        if threads == 1:
+            results[update.transport] = theta
+        else:
+            threaded.append(np.array_equal(theta, results[update.transport]))
+        update.close()
 # With 2 ranks every sum is of two numbers (bitwise equal); with more, the order may differ.
 equal = all(np.allclose(results["allreduce"], other, rtol=1e-6) for other in results.values())
-say(f"rank {comm.rank} transports {sorted(results)} equal {equal}")
+say(f"rank {comm.rank} transports {sorted(results)} equal {equal} threads {all(threaded)}")

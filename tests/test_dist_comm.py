@@ -41,5 +41,6 @@ def test_waiting_ranks_sleep_and_allreduce_sums(ranks):
     assert len(sharded) == 2 * ranks
     for n, counts, aligned, equal in sharded:
         assert (counts, aligned, equal) == (n, "True", "True")
-    transports = re.findall(r"rank \d+ transports (.*) equal (\w+)", out.stdout)
-    assert transports == [("['allreduce', 'sharded', 'shared-memory']", "True")] * ranks, transports
+    transports = re.findall(r"rank \d+ transports (.*) equal (\w+) threads (\w+)", out.stdout)
+    assert transports == [("['allreduce', 'sharded', 'shared-memory']", "True", "True")] * ranks, \
+        transports

@@ -158,7 +158,7 @@ def bench_preset(comm: Comm, name: str, data_path: str, threads: int, args) -> d
     shard = read_epoch_shard(data_path, seed, 0, comm.rank, comm.size, batch,
                              split_seed=cfg.data.split_seed, val_size=cfg.data.val_size)
     opt, _ = build_optimizer(cfg, model, shard.steps)
-    update = build_update(cfg, comm, model, opt, args.update)
+    update = build_update(cfg, comm, model, opt, args.update, threads=threads)
     loss_fn, lr = LOSSES[cfg.model.loss], cfg.optim.lr * 0.1   # small lr: stays finite
     net = build_net(model, threads)                            # the model copies
     k = 0
