@@ -33,7 +33,8 @@ _TRANSPARENT = ("batchnorm", "maxpool", "dropout", "flatten")   # skipped when l
 
 
 class Model:
-    def __init__(self, spec, input_shape=(28, 28, 1), seed=0, dtype=np.float32, reduce=None):
+    def __init__(self, spec, input_shape=(28, 28, 1), seed=0, dtype=np.float32, reduce=None,
+                 theta=None):
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
@@ -45,7 +46,11 @@ class Model:
         # --- the arena: one vector each for params, grads, weight-decay mask, state ------
         n_params = sum(int(np.prod(s)) for l in self.layers for s in l.param_shapes.values())
         n_state = sum(int(np.prod(s)) for l in self.layers for s in l.state_shapes.values())
-        self.theta = np.zeros(n_params, self.dtype)
+        # theta=: another model's parameters, shared (a replica's; see replica()).
+        if theta is not None and (theta.shape != (n_params,) or theta.dtype != self.dtype):
+            raise ValueError(f"theta must be a ({n_params},) {self.dtype} vector, got "
+                             f"{theta.shape} {theta.dtype}")
+        self.theta = np.zeros(n_params, self.dtype) if theta is None else theta
         self.grad = np.zeros(n_params, self.dtype)
         self.decay_mask = np.zeros(n_params, self.dtype)
         self.state = np.zeros(n_state, self.dtype)
@@ -75,7 +80,9 @@ class Model:
         self._first_param = with_params[0] if with_params else len(self.layers)
         self.reduce = reduce
         self._train_cache = False
-        self._init_params(seed)
+        self._init_state()
+        if theta is None:
+            self._init_params(seed)
 
     # --- the cross-rank sum used by BatchNorm ----------------------------------------------
     @property
@@ -93,12 +100,7 @@ class Model:
         """Another copy of this network for another thread (core/replicas.py): the same
         parameters -- its W, b, ... are views of this model's theta -- but its own gradient
         arena, layer caches and batch-norm running statistics (only this model's count)."""
-        twin = Model(self.spec, self.input_shape, self.seed, self.dtype)
-        twin.theta = self.theta
-        for mine, its in zip(self.layers, twin.layers):
-            for name in mine.param_shapes:
-                its.bind(name, mine.params[name], its.grads[name])
-        return twin
+        return Model(self.spec, self.input_shape, self.seed, self.dtype, theta=self.theta)
 
     # --- initialization ------------------------------------------------------------------
     def _next_activation(self, i):
@@ -121,6 +123,9 @@ class Model:
                 layer.W[...] = rng.standard_normal(layer.W.shape) * std
             if "gamma" in layer.params:
                 layer.gamma[...] = 1
+
+    def _init_state(self):
+        for layer in self.layers:
             if "running_var" in layer.state:
                 layer.running_var[...] = 1
 
