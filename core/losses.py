@@ -8,7 +8,12 @@ the same number a single process computes.  The local batch may be empty.
 
 - softmax_cross_entropy: softmax and cross-entropy fused, because the gradient of the
   pair is simply (softmax(z) - onehot(y)) / divisor; computed with log-sum-exp after
-  subtracting the row max, so no exp overflows.
+  subtracting the row max, so no exp overflows.  With label smoothing e (Szegedy et al.
+  2016) the target is (1 - e) onehot(y) + e / K instead of onehot(y), K classes:
+
+      loss = -(1 - e) log p_y - (e / K) sum_k log p_k,   dL/dz = p - (1 - e) onehot(y) - e / K
+
+  so the network is never pushed to make one score infinitely larger than the others.
 - mse: per-sample 0.5 * ||y - onehot(label)||^2 (the 1/2 of Nielsen's network.py, so the
   gradient is (y - onehot) / divisor), summed, divided by divisor.  Pair it with a sigmoid
   output layer for the classic net.
@@ -40,17 +45,27 @@ def softmax(logits):
     return z
 
 
-def softmax_cross_entropy(logits, labels, divisor):
-    """Fused softmax + cross-entropy.  logits (B, K), labels int (B,) -> (loss, dlogits)."""
+def softmax_cross_entropy(logits, labels, divisor, smoothing=0.0):
+    """Fused softmax + cross-entropy.  logits (B, K), labels int (B,) -> (loss, dlogits).
+    smoothing: the label smoothing e in [0, 1) (see the module docstring)."""
     labels = _check(logits, labels, divisor)
     rows = np.arange(len(labels))
     z = logits - logits.max(axis=1, keepdims=True)         # (B, K), max entry is 0
     e = np.exp(z)
     s = e.sum(axis=1, keepdims=True)                       # (B, 1), >= 1
+    log_s = np.log(s[:, 0])                                # log p_k = z_k - log s
     # -log p[label] = log(sum e^z) - z[label]
-    loss = float(np.sum(np.log(s[:, 0]) - z[rows, labels], dtype=np.float64)) / divisor
+    per_sample = log_s - z[rows, labels]
     dlogits = e / s                                        # softmax
-    dlogits[rows, labels] -= 1                             # - onehot
+    if smoothing:
+        k = logits.shape[1]                                # - (1/K) sum_k log p_k
+        uniform = log_s - z.sum(axis=1, dtype=np.float64) / k
+        per_sample = (1 - smoothing) * per_sample + smoothing * uniform
+        dlogits -= logits.dtype.type(smoothing / k)        # - e / K
+        dlogits[rows, labels] -= logits.dtype.type(1 - smoothing)   # - (1 - e) onehot
+    else:
+        dlogits[rows, labels] -= 1                         # - onehot
+    loss = float(np.sum(per_sample, dtype=np.float64)) / divisor
     dlogits *= logits.dtype.type(1.0 / divisor)
     return loss, dlogits
 

@@ -14,6 +14,9 @@ Kinds (step counts from 0):
             [c T / M, (c+1) T / M) (T total steps, M cycles, rounded down), t goes 0 -> 1
             within each, and every cycle ends near min_lr, where a snapshot of the weights
             is a good model of its own. Warmup belongs to the first cycle only.
+  onecycle  base_lr + (min_lr - base_lr) * t, t going 0 -> 1 from the end of warmup to
+            total_steps: after the warmup's ramp up, a straight line down (the "one cycle" of
+            Smith & Topin 2019; the triangle of fast trainers): most steps at a high rate.
 Warmup (Goyal et al. 2017, "Accurate, large minibatch SGD"): for step < warmup_steps the
 schedule is replaced by the linear ramp base_lr * (step + 1) / (warmup_steps + 1), which
 starts near 0 and joins the main schedule at base_lr.  It is what makes the linear
@@ -23,7 +26,7 @@ Tested by tests/test_core_optim.py.
 import math
 import numbers
 
-KINDS = ("constant", "step", "cosine", "cyclic")
+KINDS = ("constant", "step", "cosine", "cyclic", "onecycle")
 
 
 def _is_int(v):
@@ -54,7 +57,7 @@ def make_schedule(kind, base_lr, total_steps, warmup_steps=0, step_size=None, ga
             raise ValueError(f"schedule: step_size must be an int >= 1 for kind 'step', got {step_size!r}")
         if not (_is_num(gamma) and 0 < gamma <= 1):
             raise ValueError(f"schedule: gamma must be in (0, 1], got {gamma!r}")
-    if kind in ("cosine", "cyclic") and not (_is_num(min_lr) and 0 <= min_lr <= base_lr):
+    if kind in ("cosine", "cyclic", "onecycle") and not (_is_num(min_lr) and 0 <= min_lr <= base_lr):
         raise ValueError(f"schedule: min_lr must be in [0, base_lr={base_lr}], got {min_lr!r}")
     if kind == "cyclic":
         if not (_is_int(cycles) and 1 <= cycles <= total_steps):
@@ -76,6 +79,9 @@ def make_schedule(kind, base_lr, total_steps, warmup_steps=0, step_size=None, ga
             return base_lr * gamma ** (step // step_size)
         if kind == "cosine":
             return cosine(step, warmup_steps, total_steps)
+        if kind == "onecycle":
+            t = min(max(step - warmup_steps, 0) / max(total_steps - warmup_steps, 1), 1.0)
+            return base_lr + (min_lr - base_lr) * t
         c = min(step * cycles // total_steps, cycles - 1)      # cyclic: the cycle of `step`
         while bounds[c] > step:                                 # (rounding: at most one off)
             c -= 1

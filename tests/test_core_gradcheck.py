@@ -1,6 +1,6 @@
 """Backprop vs central differences (float64) for every layer, both losses, whole models.
 
-    /work/venv/bin/pytest tests/test_core_gradcheck.py -q
+    pytest tests/test_core_gradcheck.py -q
 """
 import numpy as np
 import pytest
@@ -65,7 +65,11 @@ def _numeric_loss_grad(loss, z, y, divisor, eps=1e-6):
     return num
 
 
-@pytest.mark.parametrize("loss", [softmax_cross_entropy, mse])
+def smoothed(z, y, divisor):
+    return softmax_cross_entropy(z, y, divisor, smoothing=0.1)
+
+
+@pytest.mark.parametrize("loss", [softmax_cross_entropy, smoothed, mse])
 def test_loss_gradients(loss):
     rng = np.random.default_rng(0)
     z = rng.standard_normal((5, 4)) * 3
@@ -86,6 +90,17 @@ def test_loss_values_by_hand():
     np.testing.assert_allclose(d, [[0.125, -0.1875]])
     p = softmax(np.array([[1e4, 0.0, -1e4]], np.float32))
     assert p.dtype == np.float32 and np.isfinite(p).all() and p[0, 0] == 1
+
+
+def test_label_smoothing_by_hand():
+    # Two classes, smoothing 0.2: the target is (0.9, 0.1) for label 0.
+    z = np.array([[2.0, 0.0]])
+    p = softmax(z)[0]
+    value, d = softmax_cross_entropy(z, np.array([0]), 1, smoothing=0.2)
+    assert value == pytest.approx(-0.9 * np.log(p[0]) - 0.1 * np.log(p[1]))
+    np.testing.assert_allclose(d, [[p[0] - 0.9, p[1] - 0.1]])
+    assert softmax_cross_entropy(z, np.array([0]), 1, smoothing=0.0)[0] == \
+        softmax_cross_entropy(z, np.array([0]), 1)[0]
 
 
 def test_loss_float32_stays_float32_and_empty_batch():

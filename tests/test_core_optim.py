@@ -119,6 +119,15 @@ def test_warmup_is_linear_then_joins():
     assert lr(0) == pytest.approx(0.02) and lr(4) == pytest.approx(0.1) and lr(50) == pytest.approx(0.01)
 
 
+def test_onecycle_schedule_is_a_ramp_up_then_a_straight_line_down():
+    lr = make_schedule("onecycle", 0.4, 110, warmup_steps=9, min_lr=0.04)
+    assert lr(0) == pytest.approx(0.04) and lr(9) == pytest.approx(0.4)     # warmup's ramp
+    assert lr(59) == pytest.approx(0.4 - 0.36 * 50 / 101)                   # 50 of 101 steps down
+    assert lr(110) == pytest.approx(0.04) and lr(500) == pytest.approx(0.04)
+    steps = [lr(s) for s in range(9, 111)]
+    assert all(a > b for a, b in zip(steps, steps[1:]))                      # straight down
+
+
 def test_cyclic_schedule_restarts_the_cosine_every_cycle():
     # 3 cycles of 40 steps (the snapshot schedule): each a cosine from 0.3 down to 0.01, the
     # first after 5 warm-up steps; each cycle's last step is its lowest lr.
