@@ -70,7 +70,12 @@ def ensure_dataset(path: str | os.PathLike | None = None,
 
     started = time.perf_counter()
     mnist = acquire(source, quiet=quiet)
-    write_mnist(path, mnist)
+    try:
+        write_mnist(path, mnist)   # whole or not at all: its temporary goes on any failure
+    except OSError as err:         # a full disk, a read-only folder
+        kept = "the existing file is unchanged" if path.exists() else "nothing written"
+        reason = os.strerror(err.errno) if err.errno else str(err).splitlines()[0]
+        raise DataError(f"{path}: cannot write ({reason}); {kept}") from None
     open_mnist(path)  # read back what was written: a bad disk should not surface in epoch 3
     log(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, "
         f"{time.perf_counter() - started:.1f} s); fingerprint {mnist.fingerprint[:16]}...")

@@ -32,9 +32,11 @@ Writing: to ``<file>.tmp`` in the same folder, flushed and fsynced, then ``os.re
 reader sees the old file or the new one, never half a file, even if the job is killed mid-write.
 ``write_checkpoint`` is what the training loop calls; it makes sure a full disk cannot strand a
 run: it checks the free space against the file's size first and, when short, deletes the
-oldest numbered checkpoints *before* writing (never the newest); ``best.h5`` is a hard link to
-the numbered file (no space of its own); a write that fails anyway is one line saying what was
-kept. ``*.tmp`` left by a killed write are removed when the (locked) run folder is next opened.
+oldest numbered checkpoints *before* writing (never the newest that loads, nor one whose
+deletion frees nothing); ``best.h5`` is a hard link to the numbered file (no space of its own);
+a write that fails anyway is one line saying what was kept. Pruning to ``run.keep_last`` keeps
+the file just written and the newest that loads, whatever their names. ``export`` never
+writes over a training checkpoint or a run's ckpt-*/best.h5 name. ``*.tmp`` left by a killed write are removed when the (locked) run folder is next opened.
 Loading validates everything (shapes before reading, so a file that declares 10^12 floats is
 refused, not allocated) and fails with one line naming the file. ``--resume RUN`` takes the
 newest checkpoint of the folder that loads, never best.h5.
@@ -59,6 +61,7 @@ import numpy as np
 
 from core.spec import normalize_spec
 from dist.errors import ExpectedError
+from dist.modelfile import CHECKSUM, check_contents, digest
 
 FORMAT = "mpigrad-checkpoint"
 VERSION = 1
@@ -146,13 +149,48 @@ def _write_hdf5(tmp: Path, ckpt: Checkpoint) -> None:
             "epoch_totals": np.asarray(ckpt.epoch_totals, np.float64),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         })
+        # Of what HDF5 gives back, as the loader will see it (dist/modelfile.py).
+        f.attrs[CHECKSUM] = digest(dict(f.attrs), {k: f[k][...] for k in f})
         f.flush()
 
 
-def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
-    """Delete all but the newest ``keep_last`` numbered checkpoints (best.h5 is kept apart)."""
-    for old in numbered_checkpoints(run_dir)[:-keep_last]:
-        old.unlink(missing_ok=True)
+def prune_checkpoints(run_dir: Path, keep_last: int, written: Path | None = None) -> None:
+    """Delete all but the newest ``keep_last`` numbered checkpoints (best.h5 is kept apart).
+
+    Never deleted: ``written``, the checkpoint just written -- the run's position, even when
+    files named later lie in the folder (a run resumed from an older checkpoint leaves the
+    abandoned continuation's files until it overwrites them) -- and the newest one that loads
+    (a damaged newest file must not cost the run every good one)."""
+    found = numbered_checkpoints(run_dir)
+    spared = {*found[-keep_last:], newest_loadable(found, known_good=written)}
+    if written is not None:
+        spared.add(Path(written))
+    for old in found:
+        if old not in spared:
+            old.unlink(missing_ok=True)
+
+
+def newest_loadable(paths: list[Path], known_good: Path | None = None) -> Path | None:
+    """The last of ``paths`` (oldest first) that loads as a training checkpoint, or None.
+    ``known_good`` (a file this job has just written) is taken as loading without reading it,
+    so that in a run's usual course -- the file just written is the newest -- nothing is read."""
+    for path in reversed(paths):
+        if known_good is not None and path == Path(known_good):
+            return path
+        try:
+            load_checkpoint(path)
+            return path
+        except ExpectedError:
+            continue
+    return None
+
+
+def _frees_nothing(path: Path) -> bool:
+    """Deleting ``path`` frees no space: another name (best.h5) holds the same bytes."""
+    try:
+        return path.stat().st_nlink > 1
+    except OSError:
+        return True
 
 
 def numbered_checkpoints(run_dir: Path) -> list[Path]:
@@ -175,16 +213,16 @@ def write_checkpoint(run_dir: Path, ckpt: Checkpoint, keep_last: int, best: bool
     """Write ``ckpt`` (and point best.h5 at it) so that a full disk cannot strand the run.
 
     1. Room: if the file system has less free space than the file needs, delete the oldest
-       numbered checkpoints first -- but never the newest one, the run's way back.
+       numbered checkpoints first -- but never the newest that loads (the run's way back),
+       nor one whose deletion frees nothing (hard-linked to best.h5).
     2. Write atomically; then ``best.h5`` becomes a second name of the same file (a hard link:
        no space of its own; a copy where the file system has no hard links).
     3. Prune to the newest ``keep_last``.
     Any failure (ENOSPC, EDQUOT, EIO, read-only) is one ExpectedError naming what was kept."""
     run_dir, path = Path(run_dir), Path(ckpt.path)
     need = expected_size(ckpt)
-    older = [p for p in numbered_checkpoints(run_dir) if p != path]
-    while shutil.disk_usage(run_dir).free < need and len(older) > 1:
-        older.pop(0).unlink(missing_ok=True)   # the oldest goes first; the newest stays
+    if shutil.disk_usage(run_dir).free < need:
+        _make_room(run_dir, path, need)
     free = shutil.disk_usage(run_dir).free
     try:
         if free < need:
@@ -196,11 +234,34 @@ def write_checkpoint(run_dir: Path, ckpt: Checkpoint, keep_last: int, best: bool
         kept = [p.name for p in numbered_checkpoints(run_dir) if p != path]
         kept += ["best.h5"] if (run_dir / "best.h5").exists() else []
         raise ExpectedError(
-            f"{path}: cannot write checkpoint ({err.strerror or err}); kept "
+            f"{path}: cannot write checkpoint ({os_reason(err)}); kept "
             f"{', '.join(kept) or 'no checkpoint'} in {run_dir}"
             + (f"; free space, then continue with --resume {run_dir}" if kept else ""),
             everywhere=True) from None
-    prune_checkpoints(run_dir, keep_last)
+    prune_checkpoints(run_dir, keep_last, written=path)
+
+
+def _make_room(run_dir: Path, path: Path, need: int) -> None:
+    """Delete the oldest numbered checkpoints until ``need`` bytes are free, sparing those
+    the run may need should this write fail: the newest that loads before ``path`` in the run
+    (its way back), the newest that loads at all, and those whose deletion frees nothing
+    (hard-linked to best.h5)."""
+    older = [p for p in numbered_checkpoints(run_dir) if p != path]
+    spared = {newest_loadable([p for p in older if p.name < path.name]),
+              newest_loadable(older)}
+    for old in older:
+        if shutil.disk_usage(run_dir).free >= need:
+            return
+        if old not in spared and not _frees_nothing(old):
+            old.unlink(missing_ok=True)
+
+
+def os_reason(err: OSError) -> str:
+    """An OSError in a few words: "No space left on device" (HDF5's own message spans lines
+    and names its buffers)."""
+    if err.errno:
+        return os.strerror(err.errno)
+    return (str(err).splitlines() or ["unknown error"])[0]
 
 
 def _link_atomically(target: Path, name: Path) -> None:
@@ -299,22 +360,22 @@ def load_checkpoint(path: str | Path, expect_spec: list | None = None,
             for k in present:
                 _check_declared_shape(path, k, f[k])
             arrays = {k: f[k][...] if k in f else None for k in ARRAYS}
-            ckpt = Checkpoint(path=path, **arrays, **_attributes(path, dict(f.attrs)),
+            attrs = dict(f.attrs)
+            ckpt = Checkpoint(path=path, **arrays, **_attributes(path, attrs),
                               kind=kind, source=str(f.attrs.get("source", "")))
     except ExpectedError:
         raise
-    except (OSError, KeyError, ValueError, TypeError) as err:
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as err:
         raise ExpectedError(f"{path}: corrupt or truncated checkpoint ({type(err).__name__}: "
                             f"{str(err).splitlines()[0] if str(err) else 'unreadable'})") from None
 
-    for name in ARRAYS:
-        arr = getattr(ckpt, name)
-        if arr is not None and not np.isfinite(arr).all():
-            raise ExpectedError(f"{path}: /{name} contains NaN or inf; refusing to resume from it")
     for name, like in (("velocity", "theta"), ("ema_theta", "theta"), ("ema_state", "state")):
         arr, ref = getattr(ckpt, name), getattr(ckpt, like)
         if arr is not None and arr.size != ref.size:
             raise ExpectedError(f"{path}: /{name} has {arr.size} entries, /{like} {ref.size}")
+    # The same contract for every reader (dist/modelfile.py): spec against theta, loss and
+    # layer names, batch-norm statistics, finite arrays, the fingerprint's form, the checksum.
+    check_contents(path, ckpt.spec, ckpt.config, ckpt.data_fingerprint, arrays, attrs)
     check_compatible(ckpt, expect_spec, expect_sizes, expect_fingerprint)
     return ckpt
 
@@ -335,6 +396,12 @@ def _attributes(path: Path, a: dict) -> dict:
     """The counters and metadata, each checked: a negative epoch must not reach
     rundir.reopen (it would empty metrics.jsonl), a config must be a table."""
     a = {k: v.item() if isinstance(v, np.generic) else v for k, v in a.items()}
+    missing = [k for k in ("epoch", "step", "global_step", "best_metric", "best_epoch",
+                           "bad_epochs", "config", "spec", "data_fingerprint", "world_size")
+               if k not in a]
+    if missing:
+        raise ExpectedError(f"{path}: checkpoint lacks attribute(s) {', '.join(missing)}")
+
     def integer(key: str, low: int) -> int:
         value = a[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -345,10 +412,17 @@ def _attributes(path: Path, a: dict) -> dict:
         value = a[key]
         return value.decode() if isinstance(value, bytes) else str(value)
 
+    def from_json(key: str):
+        try:
+            return json.loads(text(key))
+        except ValueError as err:   # the name of the attribute says more than the parser
+            raise ExpectedError(f"{path}: corrupt or truncated checkpoint (attribute {key} is "
+                                f"not JSON: {err})") from None
+
     best = a["best_metric"]
     if not isinstance(best, (float, int)) or math.isnan(best) or best > 1:
         raise ExpectedError(f"{path}: attribute best_metric={best!r} must be an accuracy or -inf")
-    config, spec = json.loads(text("config")), json.loads(text("spec"))
+    config, spec = from_json("config"), from_json("spec")
     totals = [float(v) for v in np.ravel(a.get("epoch_totals", (0.0, 0.0, 0.0)))]  # older: none
     if len(totals) != 3 or not all(math.isfinite(v) and v >= 0 for v in totals[1:]):
         raise ExpectedError(f"{path}: attribute epoch_totals={totals!r} must be 3 numbers")
@@ -390,13 +464,45 @@ def export_model(source: str | Path, out: str | Path, raw: bool = False) -> Chec
     src = model_source(source)
     ckpt = load_checkpoint(src, resumable=False)
     out = Path(out)
-    if out.exists() and out.resolve() == src.resolve():
-        raise ExpectedError(f"{out}: is the checkpoint being exported; choose another name")
+    _check_export_target(out, src)
+    model = as_model(ckpt, out, ckpt.source or str(src), raw)
+    write_model_file(out, model, kept=f"{src} is unchanged")
+    return model
+
+
+def _check_export_target(out: Path, src: Path) -> None:
+    """A model file must not take the place of what a run resumes or reports from: the
+    source itself, a training checkpoint, or a run folder's best.h5 or numbered name."""
     if not out.parent.is_dir():
         raise ExpectedError(f"{out}: folder {out.parent} does not exist")
-    model = as_model(ckpt, out, ckpt.source or str(src), raw)
-    save_checkpoint(out, model)
-    return model
+    if out.is_dir():
+        raise ExpectedError(f"{out}: is a folder; name the model file to write")
+    if out.exists() and os.path.samefile(out, src):
+        raise ExpectedError(f"{out}: is the checkpoint being exported; choose another name")
+    if out.name == "best.h5" or out.match("ckpt-e*-s*.h5") or _is_training_checkpoint(out):
+        raise ExpectedError(f"{out}: the name or file of a run's training checkpoint; a model "
+                            f"file there would replace what --resume continues from: choose "
+                            f"another name")
+
+
+def _is_training_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is an existing mpigrad file of kind "training" (not loaded whole)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("format") == FORMAT and \
+                str(f.attrs.get("kind", TRAINING)) == TRAINING
+    except (OSError, ValueError):
+        return False
+
+
+def write_model_file(path: Path, model: Checkpoint, kept: str) -> Path:
+    """save_checkpoint for a model file (export, a cyclic run's snapshots): a full disk or any
+    other write error is one ExpectedError saying that nothing was written and what was kept."""
+    try:
+        return save_checkpoint(path, model)
+    except OSError as err:
+        raise ExpectedError(f"{path}: cannot write the model file ({os_reason(err)}); "
+                            f"nothing written, {kept}", everywhere=True) from None
 
 
 def as_model(ckpt: Checkpoint, path: Path, source: str, raw: bool = False) -> Checkpoint:

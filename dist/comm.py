@@ -14,7 +14,8 @@ A thin wrapper over mpi4py in the spirit of ChainerMN's communicators:
 * ``shared_vectors(n)``: when every rank is on one node, one MPI shared-memory window in which
   each rank owns n floats that all the others can read -- the same two halves done with plain
   numpy reads and two barriers per step, instead of MPI's message handshakes;
-* ``bcast(obj)``, ``allgather(obj)`` for small Python objects (configs, run names, messages);
+* ``bcast(obj)``, ``allgather(obj)``, ``send``/``recv`` for small Python objects (configs, run
+  names, messages, the timeline's clock ping-pong);
 * ``wait_for_root()`` and ``any_true(flag)``: the ranks that wait while rank 0 evaluates and
   writes checkpoints poll a non-blocking barrier (or sum) with short sleeps instead of spinning
   a core inside a blocking call (MPICH busy-polls), which matters when ranks outnumber cores.
@@ -198,6 +199,11 @@ class Comm:
         True when all have completed."""
         return bool(MPI.Request.Testall(requests)) if requests else True
 
+    @staticmethod
+    def test(request) -> bool:
+        """Poll one request: True once it has completed (dist/timeline.py watches buckets so)."""
+        return bool(request.Test())
+
     def wait_all(self, requests: list) -> None:
         """Complete the requests (yielding the core meanwhile when ranks outnumber cores)."""
         if not requests:
@@ -254,6 +260,14 @@ class Comm:
     def allgather(self, obj) -> list:
         """Every rank's small Python object, as a list on every rank."""
         return self.world.allgather(obj) if self.size > 1 else [obj]
+
+    def send(self, obj, dest: int) -> None:
+        """A small Python object to one rank (dist/timeline.py's clock ping-pong)."""
+        self.world.send(obj, dest=dest)
+
+    def recv(self, source: int):
+        """A small Python object from one rank."""
+        return self.world.recv(source=source)
 
     def start_allreduce_max(self, send: np.ndarray, recv: np.ndarray) -> MPI.Request:
         """Start a non-blocking elementwise max of ``send`` into ``recv`` over all ranks

@@ -41,6 +41,8 @@ def _f(default, help_text, **kw):
 class ModelConfig:
     layers: list = _f(None, "list of layer tables, e.g. [{type='dense', out=10}] (see core/)")
     loss: str = _f("xent", "'xent' (softmax cross-entropy) or 'mse' (classic sigmoid net)")
+    label_smoothing: float = _f(0.0, "'xent' only: train towards (1 - e) onehot + e / 10 "
+                                     "instead of onehot (0 = off; core/losses.py)")
 
 
 @dataclass
@@ -100,6 +102,9 @@ class RunConfig:
     progress: bool = _f(True, "tqdm progress bar on rank 0 (only when on a terminal)")
     tensorboard: bool = _f(False, "also write each epoch's metrics as TensorBoard event files "
                            "(dist/tensorboard.py)")
+    timeline: int = _f(0, "steps to record as a per-rank timeline, timeline.json in the run "
+                       "folder (Chrome trace; launch.report draws it; 0 = off; dist/timeline.py)")
+    timeline_start: int = _f(10, "the global step at which the timeline's window opens")
 
 
 @dataclass
@@ -260,6 +265,10 @@ def validate(cfg: Config) -> None:
          all(isinstance(x, dict) for x in m.layers), "model.layers", m.layers,
          "must be a non-empty list of layer tables")
     need(m.loss in ("xent", "mse"), "model.loss", m.loss, "must be 'xent' or 'mse'")
+    need(0 <= m.label_smoothing < 0.5, "model.label_smoothing", m.label_smoothing,
+         "must be in [0, 0.5)")
+    need(m.label_smoothing == 0 or m.loss == "xent", "model.label_smoothing",
+         m.label_smoothing, "needs model.loss = 'xent'")
     need(0 <= d.val_size <= 20000, "data.val_size", d.val_size, "must be in 0..20000")
     need(d.split_seed >= 0, "data.split_seed", d.split_seed, "must be >= 0")
     need(0 <= d.max_shift <= 10, "data.max_shift", d.max_shift, "must be in 0..10 pixels")
@@ -300,6 +309,8 @@ def validate(cfg: Config) -> None:
     need(r.checkpoint_every >= 0, "run.checkpoint_every", r.checkpoint_every, "must be >= 0")
     need(r.keep_last >= 1, "run.keep_last", r.keep_last, "must be >= 1")
     need(r.threads >= 0, "run.threads", r.threads, "must be >= 0")
+    need(0 <= r.timeline <= 1000, "run.timeline", r.timeline, "must be in 0..1000 steps (0 = off)")
+    need(r.timeline_start >= 0, "run.timeline_start", r.timeline_start, "must be >= 0")
     need(cfg.comm.update in KINDS, "comm.update", cfg.comm.update,
          f"must be one of {', '.join(KINDS)}")
     need(0 < cfg.comm.bucket_mb <= 1024, "comm.bucket_mb", cfg.comm.bucket_mb,
@@ -348,7 +359,16 @@ def check_for_world(cfg: Config, ranks: int, ranks_on_node: int) -> None:
     if batch < ranks:
         raise ExpectedError(f"train.batch_size={batch} is smaller than the number of ranks "
                             f"({ranks}): every rank needs at least one sample per batch")
-    check_model(cfg.model.layers, -(-batch // ranks), copies=ranks_on_node)
+    rows, threads = -(-batch // ranks), cfg.run.threads
+    if threads > rows:   # checked before a model copy per thread is allocated
+        raise ExpectedError(f"run.threads={threads} is more than a rank's {rows} rows of a "
+                            f"batch (train.batch_size={batch} over {ranks} rank(s)): each "
+                            f"thread trains a model copy on its own rows")
+    cores = os.cpu_count() or 1
+    if threads > 4 * cores:
+        raise ExpectedError(f"run.threads={threads} is more than 4 per core of this node's "
+                            f"{cores}: each thread is a model copy; 0 = the cores per rank")
+    check_model(cfg.model.layers, rows, copies=ranks_on_node)
 
 
 def check_batch_fits(cfg: Config, n_train: int) -> None:

@@ -61,10 +61,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from data.hdf5 import open_mnist
 from data.shards import read_split
 from dist import train
-from dist.checkpoint import (SNAPSHOT_GLOB, checkpoint_name, export_model, normalized,
-                             resolve_checkpoint)
+from dist.checkpoint import (SNAPSHOT_GLOB, checkpoint_name, export_model, load_checkpoint,
+                             normalized, resolve_checkpoint)
 from dist.collective import agree, collectively, on_root, run_main
 from dist.comm import Comm
 from dist.config import DEFAULT_PRESET, load_config
@@ -72,9 +73,11 @@ from dist.errors import ExpectedError
 from dist.evaluate import data_file, model_from_checkpoint, predict_scores, scores_to_proba
 
 
-def model_probabilities(path: Path, images: np.ndarray) -> np.ndarray:
-    """Class probabilities (N, 10) of one model: a member's best.h5, or a snapshot."""
-    model, ckpt = model_from_checkpoint(path)
+def model_probabilities(path: Path, images: np.ndarray,
+                        fingerprint: str | None = None) -> np.ndarray:
+    """Class probabilities (N, 10) of one model: a member's best.h5, or a snapshot. With
+    `fingerprint`, a model trained on other data than `images` come from is refused."""
+    model, ckpt = model_from_checkpoint(path, fingerprint)
     # Each member's own loss says how its outputs become probabilities (softmax or
     # normalised sigmoids): members of different presets can differ in it.
     return scores_to_proba(predict_scores(model, images), ckpt.config["model"]["loss"])
@@ -102,10 +105,12 @@ def average_accuracy(probas: list[np.ndarray], labels: np.ndarray) -> dict:
                        "by_any_member": int(wrong.any(axis=0).sum())}}
 
 
-def ensemble_accuracy(model_files: list[Path], images: np.ndarray, labels: np.ndarray) -> dict:
+def ensemble_accuracy(model_files: list[Path], images: np.ndarray, labels: np.ndarray,
+                      fingerprint: str | None = None) -> dict:
     """Accuracy of each model (a member's best.h5, or a snapshot) and of their averaged
-    probabilities."""
-    return average_accuracy([model_probabilities(p, images) for p in model_files], labels)
+    probabilities; with `fingerprint`, only of models trained on that data."""
+    return average_accuracy([model_probabilities(p, images, fingerprint) for p in model_files],
+                            labels)
 
 
 def raw_best_model(folder: Path) -> Path:
@@ -114,8 +119,14 @@ def raw_best_model(folder: Path) -> Path:
     dist.train picks best.h5), from that epoch's kept checkpoint. What best.h5 would have been
     with optim.ema_decay = 0, since the average never changes the training itself. A member
     without an average has no raw_val_acc in its metrics: its best.h5 is raw already."""
-    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    scored = {r["epoch"]: r["raw_val_acc"] for r in records if r.get("raw_val_acc") is not None}
+    metrics = folder / "metrics.jsonl"
+    try:
+        records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        scored = {int(r["epoch"]): float(r["raw_val_acc"]) for r in records
+                  if r.get("raw_val_acc") is not None}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ExpectedError(f"{metrics}: cannot read each epoch's raw_val_acc, which --raw "
+                            f"needs ({getattr(err, 'strerror', None) or err})") from None
     if not scored:
         return folder / "best.h5"
     epoch = min(e for e, acc in scored.items() if acc == max(scored.values()))
@@ -179,7 +190,11 @@ def member_mismatch(folder: Path, cfg, seed: int) -> str | None:
     if found != (cfg.preset, seed):
         return (f"{path}: preset {found[0]!r} with train.seed {found[1]}, but this member "
                 f"needs preset {cfg.preset!r} with train.seed {seed}")
-    has, wants = _flatten(config), _flatten(cfg.to_dict())
+    try:        # the member's config as this version reads it: keys added since at their defaults
+        resolved = load_config(base=config).to_dict()
+    except ExpectedError as err:
+        return f"{path}: {err}"
+    has, wants = _flatten(resolved), _flatten(cfg.to_dict())
     # Layers as dist.train saves them, every default filled in: also in a folder written
     # before a layer key existed (train.main names a bad layer).
     for settings in (wants, has):
@@ -327,6 +342,10 @@ def parse_args(argv) -> tuple[argparse.Namespace, list[str]]:
 def check_options(world: Comm, args) -> None:
     """The options that make sense only in some combinations (every rank, together)."""
     per_member = args.ranks_per_member
+    # The folder is run.dir/<name>: a name with a slash, "." or ".." would write elsewhere.
+    agree(world, args.name == "" or ("/" not in args.name and args.name not in (".", "..")),
+          f"--name {args.name}: must be a plain folder name (use --set run.dir=... for the "
+          f"parent)")
     agree(world, per_member == 0 or (per_member > 0 and world.size % per_member == 0),
           f"--ranks-per-member {per_member}: must divide the job's {world.size} ranks")
     agree(world, not (args.raw and args.snapshots is not None),
@@ -438,8 +457,13 @@ def combine(ens: Ensemble, ranks: int) -> None:
     train.report_test), write ensemble.json and say the figure."""
     cfg = ens.cfg
     data_path = data_file(cfg.data.path)   # the default location if that path is not here
+    fingerprint = open_mnist(data_path).fingerprint
     files = [path for m in range(len(ens.presets))
              for path in model_files(ens.member_dir(m), ens.args.snapshots, ens.args.raw)]
+    # Every model loads and was trained on this data before any figure is computed: one line
+    # naming the file and the field, and no ensemble.json from a bad file.
+    for path in files:
+        load_checkpoint(path, expect_fingerprint=fingerprint, resumable=False)
     result = {"members": len(ens.presets), "ranks": ranks, "preset": ens.label,
               "raw": ens.args.raw, "presets": [ens.configs[p].preset for p in ens.presets],
               "models": [str(path.relative_to(ens.folder)) for path in files],
@@ -448,13 +472,27 @@ def combine(ens: Ensemble, ranks: int) -> None:
     for split in ("val", "test") if cfg.train.report_test else ("val",):
         images, labels, _ = read_split(data_path, split, cfg.data.split_seed, cfg.data.val_size)
         if len(labels):
-            result[split] = ensemble_accuracy(files, images, labels)
-    (ens.folder / "ensemble.json").write_text(json.dumps(result, indent=2) + "\n")
+            result[split] = ensemble_accuracy(files, images, labels, fingerprint)
+    write_result(ens.folder / "ensemble.json", result)
     split = "test" if "test" in result else "val"
     shown = result.get(split, {"ensemble": float("nan"), "members": []})
     print(f"ensemble of {len(files)} models: {split} accuracy {100 * shown['ensemble']:.2f}% "
           f"(models {', '.join(f'{100 * a:.2f}%' for a in shown['members'])}); "
           f"{ens.folder / 'ensemble.json'}", flush=True)
+
+
+def write_result(path: Path, result: dict) -> None:
+    """Write ensemble.json atomically (a temporary file, then a rename): a full disk leaves the
+    previous one, if any, and says so in one line."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.replace(path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        kept = "the previous one is kept" if path.exists() else "nothing written"
+        raise ExpectedError(f"{path}: cannot write ({err.strerror or err}); {kept}; the members "
+                            "are trained: free space and run the same command again") from None
 
 
 def main(world: Comm, argv=None) -> int:

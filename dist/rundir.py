@@ -11,9 +11,18 @@
         final.json            the result: best.h5's test accuracy (null with
                               train.report_test = false), wall time
         lock                  host and pid of the job using the folder (dist/runlock.py)
+        abandoned-<time>/     checkpoints set aside by a resume from an older one (below)
 
 A job takes the folder's lock before it writes anything there, and removes the ``*.tmp`` of
-checkpoint writes that were killed; the lock goes when the process exits.
+checkpoint writes that were killed; the lock goes when the process exits. Every file here is
+written whole or not at all (a temporary, then a rename); a full disk is one line saying what
+was kept.
+
+Resuming from a checkpoint older than the folder's newest abandons the continuation that
+followed it: its metric lines are dropped (they will be run again) and its later checkpoints
+(and its final.json) are moved into ``abandoned-<time>/`` -- kept, but out of the way of
+``--resume RUN`` (the newest checkpoint) and of pruning, which would otherwise take them for
+the run's newest.
 
 Look at one:  python -m launch.report runs/<name>     (curves, mistakes, confusion matrix)
 """
@@ -21,6 +30,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
 import time
 from pathlib import Path
 
@@ -46,19 +56,84 @@ def create(cfg) -> Path:
         raise ExpectedError(f"{run_dir}: run folder already exists; continue it with --resume "
                             f"{run_dir} or choose another --set run.name=...")
     cfg.run.name = name
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    write_whole(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n",
+                kept="nothing else written; free space and start again")
     return run_dir
 
 
-def reopen(run_dir: Path, completed_epochs: int) -> None:
-    """A resumed run's folder: lock it, then drop the metric lines of epochs the checkpoint
-    does not contain (they will be run again)."""
+def write_whole(path: Path, text: str, kept: str) -> None:
+    """Write ``path`` whole or not at all (a reader, or a job killed meanwhile, never leaves
+    half a file); a failure (a full disk) is one ExpectedError ending with ``kept``."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise ExpectedError(f"{path}: cannot write ({err.strerror or err}); {kept}",
+                            everywhere=True) from None
+    except BaseException:   # a stop signal: the old file stays as it was
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def reopen(run_dir: Path, completed_epochs: int, resumed_from: Path | None = None) -> None:
+    """A resumed run's folder: lock it, set aside the checkpoints after ``resumed_from`` (see
+    above), then drop the metric lines of epochs the checkpoint does not contain (they will be
+    run again)."""
     lock(run_dir)
+    if resumed_from is not None:
+        set_aside_later(run_dir, Path(resumed_from))
     path = run_dir / "metrics.jsonl"
     if path.exists():
         lines = [ln for ln in path.read_text().splitlines()
                  if ln.strip() and json.loads(ln)["epoch"] <= completed_epochs]
-        path.write_text("".join(ln + "\n" for ln in lines))
+        write_whole(path, "".join(ln + "\n" for ln in lines),
+                    kept=f"{path.name} and the checkpoints are as they were")
+
+
+def set_aside_later(run_dir: Path, resumed_from: Path) -> None:
+    """Move the numbered checkpoints named after ``resumed_from`` (a later position of the
+    run) into abandoned-<time>/, with a note; nothing is deleted."""
+    later = [p for p in numbered_checkpoints(run_dir) if p.name > resumed_from.name]
+    if resumed_from.parent.resolve() != run_dir.resolve() or not later:
+        return
+    aside = run_dir / f"abandoned-{time.strftime('%Y%m%d-%H%M%S')}"
+    aside.mkdir(exist_ok=True)
+    # final.json too: it is the result of that continuation, and this one is not complete.
+    moved = later + [p for p in (run_dir / "final.json",) if p.is_file()]
+    for path in moved:
+        os.replace(path, aside / path.name)   # the same file system: no space needed
+    print(f"note: {run_dir}: resuming from {resumed_from.name}; the {len(later)} later "
+          f"checkpoint(s) of the continuation it replaces are kept in {aside}", flush=True)
+
+
+def check_same_preset(resume, preset: str) -> None:
+    """``--resume auto --preset P`` on a folder holding a run of another preset: refuse, rather
+    than continue the old run as if it were P."""
+    had = resume.config.get("preset", "")
+    if had != preset:
+        run_dir = resume.path.parent
+        raise ExpectedError(f"{run_dir}: holds a run of preset {had!r}, not {preset!r}; "
+                            f"continue it without --preset/--config, or choose another "
+                            f"run.name")
+
+
+def already_complete(resume, cfg) -> bool:
+    """A resumed run with nothing left to train (every epoch, or stopped early) and its
+    final.json written: say so and leave it as it is (True)."""
+    run_dir = resume.path.parent
+    t = cfg.train
+    trained = resume.step == 0 and (resume.epoch >= t.epochs or bool(
+        t.patience and resume.bad_epochs >= t.patience))
+    if not (trained and (run_dir / "final.json").is_file()):
+        return False
+    print(f"{run_dir}: complete already (final.json); nothing to do. To train longer, "
+          f"--resume {run_dir} --set train.epochs=N with N > {resume.epoch}", flush=True)
+    return True
 
 
 def auto_resume(cfg) -> Path | None:
@@ -71,8 +146,23 @@ def auto_resume(cfg) -> Path | None:
 
 
 def append_metrics(run_dir: Path, record: dict) -> None:
-    with open(run_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
+    """One line per epoch. On a full disk: one line (the epoch's checkpoint is written; a
+    resume from it would not run the epoch again, so its line would be missing)."""
+    path = run_dir / "metrics.jsonl"
+    size = path.stat().st_size if path.exists() else 0
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+    except OSError as err:
+        try:
+            os.truncate(path, size)   # no half line for the next reader
+        except OSError:
+            pass
+        raise ExpectedError(
+            f"{path}: cannot append epoch {record['epoch']} ({err.strerror or err}); the "
+            f"epoch's checkpoint was written; free space, then --resume {run_dir} (its "
+            f"metrics line will be missing)", everywhere=True) from None
 
 
 def epoch_line(record: dict, epochs: int) -> str:
@@ -92,7 +182,9 @@ def epoch_line(record: dict, epochs: int) -> str:
 
 def write_final(run_dir: Path, summary: dict) -> None:
     """final.json, and the line that ends a run."""
-    (run_dir / "final.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_whole(run_dir / "final.json", json.dumps(summary, indent=2) + "\n",
+                kept=f"training is complete and its checkpoints are kept; free space, then "
+                     f"--resume {run_dir} writes it")
     test = "test set not evaluated (train.report_test = false)" \
         if summary["test_acc"] is None else f"has test accuracy {100 * summary['test_acc']:.2f}%"
     print(f"done in {summary['wall_seconds']:.0f}s: best.h5 (epoch {summary['best_epoch']}, "

@@ -25,35 +25,75 @@ abort"); nothing of ours can run then: ``python -m dist.shm`` cleans up after it
 
 Exit status of a stopped job: 128 + the signal number, as a shell reports a death by that
 signal (SIGINT 130, SIGUSR1 138, SIGTERM 143), after the checkpoint is safely on disk.
+
+Outside the steps, a signal is not lost either:
+
+* during the imports (MPI starts in one): ``hold_signals()``, the first thing
+  ``python -m dist.train`` does, records it, and GracefulStop takes it over: the job stops
+  at its first step boundary;
+* during the last epoch's validation or checkpoint, where no step boundary follows:
+  ``settle()`` after the loop agrees on it, and the job ends without the test evaluation;
+* during the final test evaluation and final.json: rank 0 runs them ``interruptible``: the
+  signal ends them at once, and final.json is either whole or absent (``--resume RUN`` then
+  writes it; training is complete).
 """
 from __future__ import annotations
 
 import atexit
+import os
 import signal
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from dist.comm import Comm
+if TYPE_CHECKING:   # not imported at run time: hold_signals runs before MPI starts
+    from dist.comm import Comm
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+# hold_signals(): the stop signal received before GracefulStop exists, and the handlers it
+# replaced (those GracefulStop restores when it closes).
+_held = {"signum": 0, "previous": None}
+
+
+def hold_signals() -> None:
+    """Record a stop signal that arrives before the job can stop gracefully (imports, MPI
+    start-up), for GracefulStop to act on. A second one ends the process by that signal."""
+    def record(signum, frame):
+        if _held["signum"]:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        _held["signum"] = signum
+    _held["previous"] = {s: signal.signal(s, record) for s in STOP_SIGNALS}
+
+
+class Interrupted(BaseException):
+    """Raised by the stop handler inside ``GracefulStop.interruptible`` (not an Exception,
+    so that no ``except Exception`` on the way swallows it)."""
 
 
 class GracefulStop:
     def __init__(self, comm: Comm):
+        import numpy as np   # here, not at the top: hold_signals must not wait for numpy
+
         self.comm = comm
-        self.signum = 0                                  # the first stop signal received
+        self.signum = _held["signum"]                    # the first stop signal received
         self._mine = np.zeros(1, np.int32)               # sent: this rank's signal
         self._agreed = np.zeros(1, np.int32)             # received: the largest over ranks
         self._request = None
-        self._previous = {s: signal.signal(s, self._handler) for s in STOP_SIGNALS}
+        self._interrupt = False                          # inside interruptible()
+        previous = {s: signal.signal(s, self._handler) for s in STOP_SIGNALS}
+        self._previous = _held["previous"] or previous
+        _held.update(signum=0, previous=None)
         # A user error that ends every rank mid-epoch leaves an allreduce in flight; MPI must
         # not finalize with it (MPICH complains in two extra lines): complete it at exit.
         atexit.register(self.close)
 
     def _handler(self, signum, frame) -> None:
-        if self.signum:   # a second signal: stop waiting for the step boundary
-            raise KeyboardInterrupt
-        self.signum = signum
+        if self.signum and not self._interrupt:   # a second signal: stop waiting for the
+            raise KeyboardInterrupt                    # step boundary
+        self.signum = self.signum or signum
+        if self._interrupt:
+            self._interrupt = False                    # raised once
+            raise Interrupted
 
     @property
     def name(self) -> str:
@@ -76,6 +116,38 @@ class GracefulStop:
                 return True
         self._mine[0] = self.signum
         self._request = self.comm.start_allreduce_max(self._mine, self._agreed)
+        return False
+
+    def settle(self) -> bool:
+        """Collective, once no step boundary follows (after the last epoch): True on every rank
+        (``signum`` set) if any rank has received a stop signal."""
+        if self._request is not None:
+            self.comm.wait(self._request)
+            self._request = None
+            if self._agreed[0]:
+                self.signum = int(self._agreed[0])
+                return True
+        if self.comm.size > 1:
+            self._mine[0] = self.signum
+            self.comm.wait(self.comm.start_allreduce_max(self._mine, self._agreed))
+            self.signum = int(self._agreed[0])
+        return bool(self.signum)
+
+    def interruptible(self, fn, *args, **kwargs) -> bool:
+        """Run ``fn`` (rank 0's final test evaluation and final.json) so that a stop signal
+        ends it at once rather than at a step boundary. Returns True if a stop signal came
+        before or during it (``fn`` then did not finish)."""
+        if self.signum:
+            return True
+        self._interrupt = True
+        try:
+            fn(*args, **kwargs)
+            self._interrupt = False
+        except Interrupted:
+            return True
+        except BaseException:
+            self._interrupt = False
+            raise
         return False
 
     def close(self) -> None:

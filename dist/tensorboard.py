@@ -47,15 +47,67 @@ class TensorBoardLog:
         except ImportError:
             raise ExpectedError("run.tensorboard=true: the TensorBoard writer is not installed "
                                 "(pip install 'mpigrad[tensorboard]', or tensorboardX)") from None
-        self.writer = SummaryWriter(logdir=str(run_dir))
+        self.run_dir = Path(run_dir)
+        try:
+            self.writer = SummaryWriter(logdir=str(run_dir))
+        except OSError as err:
+            raise ExpectedError(self._cannot(err, "no curve written")) from None
 
     def write(self, record: dict) -> None:
-        for tag, value in scalars(record).items():
-            self.writer.add_scalar(tag, value, global_step=record["epoch"])
-        self.writer.flush()   # the curve is on disk when the epoch's line is printed
+        try:
+            for tag, value in scalars(record).items():
+                self.writer.add_scalar(tag, value, global_step=record["epoch"])
+            self.writer.flush()   # the curve is on disk when the epoch's line is printed
+        except OSError as err:
+            self._abandon()
+            kept = f"the curves up to epoch {record['epoch'] - 1} are kept" \
+                if record["epoch"] > 1 else "no curve written"
+            raise ExpectedError(self._cannot(err, kept),
+                                everywhere=True) from None
 
     def close(self) -> None:
-        self.writer.close()
+        try:
+            self.writer.close()
+        except OSError as err:
+            self._abandon()
+            raise ExpectedError(self._cannot(err, "the curves written so far are kept"),
+                                everywhere=True) from None
+
+    def _cannot(self, err: OSError, kept: str) -> str:
+        return (f"{self.run_dir}: cannot write TensorBoard events ({err.strerror or err}); "
+                f"{kept}, and metrics.jsonl holds every epoch: free space, then replay it "
+                f"with python -m dist.tensorboard {self.run_dir}")
+
+    def _abandon(self) -> None:
+        """After a failed write, let tensorboardX's own exit handler (which flushes again) find
+        nothing to write: its event files' unwritten bytes go to /dev/null. (tensorboardX
+        internals, looked up defensively: if they change, the handler prints its error.)"""
+        fw = getattr(self.writer, "file_writer", None)
+        events = getattr(getattr(fw, "event_writer", None), "_ev_writer", None)
+        record = getattr(events, "_py_recordio_writer", None)
+        if record is None or not hasattr(record, "_writer"):
+            return
+        failed, record._writer = record._writer, _Discard()
+        try:
+            failed.close()
+        except OSError:
+            pass
+        path = Path(getattr(record, "path", ""))
+        if path.is_file() and path.stat().st_size == 0:   # not one event in it: no use
+            path.unlink()
+
+
+class _Discard:
+    """A file that takes every write and keeps nothing (no fileno: nothing to fsync)."""
+
+    def write(self, data) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def open_log(run_dir: str | Path, enabled: bool) -> TensorBoardLog | None:
@@ -79,9 +131,13 @@ def main(argv: list[str]) -> int:
     except ExpectedError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    for line in filter(str.strip, lines):
-        log.write(json.loads(line))
-    log.close()
+    try:
+        for line in filter(str.strip, lines):
+            log.write(json.loads(line))
+        log.close()
+    except ExpectedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"{run_dir}: {len(lines)} epochs written; view them with tensorboard --logdir "
           f"{run_dir.parent}")
     return 0

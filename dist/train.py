@@ -23,11 +23,16 @@ with a checkpoint of it (``dist.stop``; exit status 128 + the signal).
 """
 from __future__ import annotations
 
+if __name__ == "__main__":   # before the imports below (MPI starts in one): a stop signal
+    from dist.stop import hold_signals   # meanwhile stops the job at its first step
+    hold_signals()
+
 import argparse
 import sys
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +60,7 @@ from dist.errors import ExpectedError
 from dist.evaluate import evaluate, model_from_checkpoint
 from dist.stop import GracefulStop
 from dist.tensorboard import open_log
+from dist.timeline import Timeline, breakdown_lines
 from dist.update import make_update
 
 
@@ -92,6 +98,9 @@ def parse_args(argv):
             args.set.append(f"{flag[2:]}={rest.pop(0)}")
         else:
             parser.error(f"{flag} needs a value")
+    if args.preset and args.config:
+        parser.error(f"--preset {args.preset} with --config {args.config}: give one of them "
+                     f"(a config file names its own preset)")
     if args.resume not in (None, "auto") and (args.preset or args.config):
         parser.error("--resume takes the config from the checkpoint; use --set to change fields")
     return args
@@ -119,6 +128,14 @@ def build_optimizer(cfg, model: Model, steps: int):
     except ValueError as err:
         raise ExpectedError(f"optim/schedule: {err}") from None
     return opt, lr_at
+
+
+def training_loss(cfg):
+    """The loss a step minimises: the config's, with its label smoothing (validation and test
+    report the plain loss)."""
+    if cfg.model.label_smoothing:
+        return partial(LOSSES[cfg.model.loss], smoothing=cfg.model.label_smoothing)
+    return LOSSES[cfg.model.loss]
 
 
 def build_update(cfg, comm: Comm, model: Model, opt: SGD, kind: str | None = None,
@@ -168,14 +185,19 @@ class Progress:
 
 
 class Clock:
-    """Wall time split into phases: ``lap(name)`` charges the time since the last lap to name."""
+    """Wall time split into phases: ``lap(name)`` charges the time since the last lap to name,
+    and tells the run's timeline (dist/timeline.py: the run's totals, and spans while it
+    records)."""
 
-    def __init__(self):
+    def __init__(self, timeline=None):
         self.seconds, self.last = defaultdict(float), time.perf_counter()
+        self.timeline = timeline
 
     def lap(self, name: str) -> None:
         now = time.perf_counter()
         self.seconds[name] += now - self.last
+        if self.timeline is not None:
+            self.timeline.lap(name, self.last, now)
         self.last = now
 
 
@@ -200,7 +222,7 @@ def train_step(net: Model | Replicas, loss_fn, update, x, y, noise, lr: float, b
     update.step(lr)                # SGD on my slice of theta
     clock.lap("optimizer")
     update.gather_parameters()     # theta whole, the same on every rank
-    clock.lap("allreduce")
+    clock.lap("gather")
     return loss, out
 
 
@@ -214,6 +236,8 @@ def configure(comm: Comm, args):
         where = collectively(comm, rundir.auto_resume, cfg)
     if where:
         resume = collectively(comm, ck.load_newest, where, report)
+        if args.resume == "auto" and (args.preset or args.config):
+            collectively(comm, rundir.check_same_preset, resume, cfg.preset)
         cfg = collectively(comm, load_config, base=resume.config, overrides=args.set)
     elif args.resume != "auto":
         cfg = collectively(comm, load_config, args.preset, args.config, args.set)
@@ -249,7 +273,7 @@ def start(comm: Comm, cfg, model: Model, opt: SGD, resume, fingerprint: str):
     opt.velocity[...] = resume.velocity
     progress = Progress(resume.epoch, resume.step, resume.global_step, resume.best_metric,
                         resume.best_epoch, resume.bad_epochs, list(resume.epoch_totals))
-    on_root(comm, rundir.reopen, resume.path.parent, resume.epoch)
+    on_root(comm, rundir.reopen, resume.path.parent, resume.epoch, resume.path)
     return progress, resume.path.parent
 
 
@@ -316,7 +340,10 @@ class RootWork:
         per_cycle = max(self.cfg.train.epochs // s.cycles, 1)   # --debug cuts the epochs
         if s.kind == "cyclic" and epoch % per_cycle == 0:
             path = self.run_dir / ck.snapshot_name(epoch // per_cycle)
-            ck.save_checkpoint(path, ck.as_model(state, path, source=str(state.path)))
+            ck.write_model_file(path, ck.as_model(state, path, source=str(state.path)),
+                                kept=f"kept {state.path.name}; export the snapshot from it "
+                                     f"later: python -m dist.checkpoint export {state.path} "
+                                     f"{path}")
 
     def end_of_epoch(self, progress: Progress, record: dict, clock: Clock) -> bool:
         """Evaluate, update the best, checkpoint, log. Returns True to stop early."""
@@ -356,11 +383,21 @@ class RootWork:
         print(rundir.epoch_line(record, cfg.train.epochs), flush=True)
         return stop
 
-    def final_report(self, progress: Progress, threads: int) -> None:
+    def final_report(self, progress: Progress, threads: int, stop: GracefulStop,
+                     timeline: Timeline) -> bool:
+        """The test evaluation and final.json, which a stop signal ends at once (the run's
+        training is complete then; ``--resume RUN`` writes final.json). Returns whether it
+        was stopped."""
+        stopped = stop.interruptible(self.test_and_final, progress, threads, timeline)
+        if self.tensorboard:
+            self.tensorboard.close()
+        return stopped
+
+    def test_and_final(self, progress: Progress, threads: int, timeline: Timeline) -> None:
         """The model that counts is the one validation chose: best.h5, on the test set (the
         newest checkpoint if best.h5 was lost, e.g. to a full disk before version 18). Not
         with train.report_test = false: runs that decide something see validation only."""
-        test = {"acc": None, "loss": None}
+        test, started = {"acc": None, "loss": None}, time.perf_counter()
         if self.cfg.train.report_test:
             best = self.run_dir / "best.h5"
             if not best.exists():
@@ -369,20 +406,21 @@ class RootWork:
             best_model, _ = model_from_checkpoint(best, self.fingerprint)
             test = evaluate(best_model, *self.test_set[:2], self.cfg.model.loss,
                             threads=root_threads(self.comm))
+        breakdown = timeline.breakdown(final_test_seconds=time.perf_counter() - started)
+        print("\n".join(breakdown_lines(breakdown)), flush=True)
         rundir.write_final(self.run_dir, {
             "run": str(self.run_dir), "best_epoch": progress.best_epoch,
             "best_val_acc": progress.best_metric, "test_acc": test["acc"],
             "test_loss": test["loss"], "wall_seconds": time.perf_counter() - self.start,
-            "world_size": self.comm.size, "threads": threads, "preset": self.cfg.preset})
-        if self.tensorboard:
-            self.tensorboard.close()
+            "world_size": self.comm.size, "threads": threads, "preset": self.cfg.preset,
+            "wall_breakdown": breakdown})
 
 
 def split_of(clock: Clock) -> dict:
     """An epoch's time in the metrics' terms: compute, allreduce, data, eval, checkpoint."""
     s = clock.seconds
     return {"compute": s["forward"] + s["backward"] + s["optimizer"] + s["tally"],
-            "allreduce": s["allreduce"], "data": s["data"], "eval": s["eval"],
+            "allreduce": s["allreduce"] + s["gather"], "data": s["data"], "eval": s["eval"],
             "checkpoint": s["checkpoint"]}
 
 
@@ -414,12 +452,17 @@ class Run:
     steps: int
     threads: int
     graceful: GracefulStop
+    timeline: Timeline       # the run's phase totals; a per-rank timeline if asked for
 
 
-def setup(comm: Comm, args) -> Run:
-    """Config, model, data, optimizer, update, and where to start: fresh or a checkpoint."""
+def setup(comm: Comm, args) -> Run | None:
+    """Config, model, data, optimizer, update, and where to start: fresh or a checkpoint.
+    None for a resumed run that is complete already (nothing to train, final.json kept)."""
     start_time, graceful = time.perf_counter(), GracefulStop(comm)
     cfg, resume = configure(comm, args)
+    if resume is not None and on_root(comm, rundir.already_complete, resume, cfg):
+        graceful.close()
+        return None
     threads = cfg.run.threads or comm.cores.per_rank
     blas_on_one_thread()  # the parallelism is the ranks and the model copies (core/replicas.py)
     # Overflow shows up as a non-finite gradient, which the loop reports in one clear line
@@ -436,19 +479,23 @@ def setup(comm: Comm, args) -> Run:
     if comm.is_root:
         print(headline(comm, cfg, model, threads, steps, update, run_dir, progress), flush=True)
     net = model if args.debug else build_net(model, threads)  # --debug: the model, one thread
+    timeline = Timeline(comm, cfg.run.timeline, cfg.run.timeline_start, net, model, update,
+                        run_dir, start_time)
     return Run(cfg, model, net, opt, lr_at, update, ema, root, progress, run_dir, data_path,
-               steps, threads, graceful)
+               steps, threads, graceful, timeline)
 
 
 def main(comm: Comm, argv=None) -> int:
     args = parse_args(argv)
     run = setup(comm, args)
+    if run is None:
+        return 0
     cfg, model, update, ema, progress, steps = (run.cfg, run.model, run.update, run.ema,
                                                 run.progress, run.steps)
-    loss_fn, batch = LOSSES[cfg.model.loss], cfg.train.batch_size
+    loss_fn, batch = training_loss(cfg), cfg.train.batch_size
 
     for epoch in range(progress.epoch, cfg.train.epochs):
-        clock, t_epoch, first = Clock(), time.perf_counter(), progress.step
+        clock, t_epoch, first = Clock(run.timeline), time.perf_counter(), progress.step
         shard = collectively(comm, read_epoch_shard, run.data_path, cfg.train.seed, epoch,
                              comm.rank, comm.size, batch, split_seed=cfg.data.split_seed,
                              val_size=cfg.data.val_size)
@@ -459,6 +506,7 @@ def main(comm: Comm, argv=None) -> int:
                    disable=not (comm.is_root and cfg.run.progress and sys.stderr.isatty()))
         for k in range(first, steps):
             clock.lap("other")
+            run.timeline.begin_step(progress.global_step)
             lr = run.lr_at(progress.global_step)
             x, y, noise = local_batch(cfg, shard, k, epoch)
             clock.lap("data")
@@ -475,6 +523,7 @@ def main(comm: Comm, argv=None) -> int:
             progress.step, progress.global_step = k + 1, progress.global_step + 1
             totals += (loss * batch, (out.argmax(axis=1) == y).sum(), len(y))
             clock.lap("tally")
+            run.timeline.end_step()
             bar.update(1)
             every, stopping = cfg.run.checkpoint_every, run.graceful.agreed()
             if stopping or every and progress.global_step % every == 0 and k + 1 < steps:
@@ -483,6 +532,7 @@ def main(comm: Comm, argv=None) -> int:
                 on_root(comm, run.root.checkpoint, progress)
                 clock.lap("checkpoint")
             if stopping:
+                run.timeline.finish()      # collective: a window still open is written
                 return stopped(comm, run.graceful, update, progress, run.run_dir)
         bar.close()
         train_seconds = time.perf_counter() - t_epoch
@@ -499,9 +549,16 @@ def main(comm: Comm, argv=None) -> int:
         if stop:
             break
 
+    run.timeline.finish()  # collective: a window still open is written
     update.close()  # frees the shared-memory window (an ensemble trains several members)
+    # A stop signal during the last epoch's validation or checkpoint has no step boundary
+    # left to act on: agree on it here, and skip the test evaluation.
+    complete = not run.graceful.settle() and not on_root(   # the others sleep meanwhile
+        comm, run.root.final_report, progress, run.threads, run.graceful, run.timeline)
+    signalled = run.graceful.settle()   # also one that reached another rank meanwhile
     run.graceful.close()
-    on_root(comm, run.root.final_report, progress, run.threads)  # the others sleep meanwhile
+    if signalled:
+        return stopped_after_training(comm, run.graceful, run.run_dir, complete)
     return 0
 
 
@@ -510,9 +567,22 @@ def stopped(comm: Comm, stop: GracefulStop, update, progress: Progress, run_dir:
     update.close()
     stop.close()
     if comm.is_root:
-        name = ck.checkpoint_name(progress.epoch, progress.step)
+        path = run_dir / ck.checkpoint_name(progress.epoch, progress.step)
+        # --resume RUN takes the newest name; should a later one be there, name this file.
+        later = [p for p in ck.numbered_checkpoints(run_dir) if p.name > path.name]
         print(f"stopped at epoch {progress.epoch + 1} step {progress.step} by {stop.name}; "
-              f"checkpoint {run_dir / name}; continue with --resume {run_dir}", flush=True)
+              f"checkpoint {path}; continue with --resume {path if later else run_dir}",
+              flush=True)
+    return stop.exit_code
+
+
+def stopped_after_training(comm: Comm, stop: GracefulStop, run_dir: Path,
+                           complete: bool) -> int:
+    """After a stop signal once every epoch was trained: say whether the run is complete."""
+    if comm.is_root:
+        print(f"stopped after the last epoch by {stop.name}; " + (
+            f"final.json was written: the run {run_dir} is complete" if complete else
+            f"training is complete; write final.json with --resume {run_dir}"), flush=True)
     return stop.exit_code
 
 

@@ -18,9 +18,16 @@ with --json one JSON object per line. A file that cannot be classified is one li
 `error: <file>: <reason>`, and the others are still classified. Exit code 0 if every image was
 classified, 1 if some failed, 2 if the checkpoint cannot be used.
 
-The model: a checkpoint file (.h5), a run folder (its best.h5), an ensemble folder (its members'
-best.h5, probabilities averaged as dist.ensemble does) or, when the first argument is none of
-these, the model shipped in launch/models/ (one line on stderr says so).
+The model, any folder kind dist.ensemble and dist.train write (``model_files``):
+  a checkpoint or model file (.h5);
+  an ensemble folder with ensemble.json: the models it lists (members' best.h5, best-raw.h5
+    or snapshots), probabilities averaged as dist.ensemble averaged them;
+  an ensemble folder without one (still training): each member-<m>/ as a run folder;
+  a run folder: its best.h5 (or model.h5, a shipped model), else its cycle-end snapshots
+    (snapshot-cCC.h5, averaged: a snapshot ensemble), else its newest checkpoint;
+or, when the first argument is none of these, the model shipped in launch/models/ (one line
+on stderr says so). Every file is checked as dist.checkpoint checks it (dist/modelfile.py): a
+bad one is one line naming the file and the field, exit 2.
 """
 from __future__ import annotations
 
@@ -33,6 +40,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dist.checkpoint import SNAPSHOT_GLOB, numbered_checkpoints
 from dist.errors import ExpectedError
 from dist.evaluate import model_from_checkpoint, predict_scores, scores_to_proba
 from launch.images import MAX_IMAGE_PIXELS, ImageError, preprocess_file
@@ -91,8 +99,59 @@ def is_model_path(arg: str) -> bool:
     path = Path(arg)
     if path.suffix.lower() in (".h5", ".hdf5"):
         return True
-    return path.is_dir() and (checkpoint_in(path) is not None or bool(ensemble_members(path))
-                              or any(path.glob("ckpt-e*-s*.h5")))
+    return path.is_dir() and ((path / "ensemble.json").is_file() or bool(run_folder_models(path))
+                              or bool(ensemble_members(path)))
+
+
+def run_folder_models(folder: Path) -> list[Path]:
+    """The models a run folder stands for: best.h5 (or model.h5), else its cycle-end snapshots
+    (a snapshot ensemble), else its newest checkpoint; [] if it has none of these."""
+    found = checkpoint_in(folder)
+    if found is not None:
+        return [found]
+    return sorted(folder.glob(SNAPSHOT_GLOB)) or numbered_checkpoints(folder)[-1:]
+
+
+def listed_models(folder: Path) -> list[Path]:
+    """The models ensemble.json says dist.ensemble averaged ("models": paths inside the
+    folder), each of which must be there."""
+    listing = folder / "ensemble.json"
+    try:
+        models = json.loads(listing.read_text()).get("models")
+    except (OSError, ValueError, AttributeError) as err:
+        raise ExpectedError(f"{listing}: cannot read it ({getattr(err, 'strerror', None) or err})"
+                            ) from None
+    if not (isinstance(models, list) and models and all(isinstance(m, str) for m in models)):
+        raise ExpectedError(f"{listing}: \"models\" must be a non-empty list of file names")
+    files = []
+    for name in models:
+        file = folder / name
+        # A listing names the ensemble's own files: never one outside its folder.
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ExpectedError(f"{listing}: \"models\" entry {name!r} is outside the folder")
+        if not file.is_file():
+            raise ExpectedError(f"{listing}: \"models\" entry {name!r}: no such file")
+        files.append(file)
+    return files
+
+
+def model_files(path: Path) -> list[Path]:
+    """The model files a command-line model stands for, one per averaged model (see the
+    module's docstring for the folder kinds)."""
+    if not path.is_dir():
+        return [path]          # load_checkpoint says what is wrong with it, naming it
+    if (path / "ensemble.json").is_file():
+        return listed_models(path)
+    if checkpoint_in(path) is None and ensemble_members(path):
+        files = []
+        for member in ensemble_members(path):
+            found = run_folder_models(member)
+            if not found:
+                raise ExpectedError(f"{member}: ensemble member without best.h5, model.h5, "
+                                    "snapshots or checkpoints (still starting?)")
+            files += found
+        return files
+    return run_folder_models(path) or [path]
 
 
 def shipped_model(models_dir: str | Path | None = None) -> Path | None:
@@ -112,25 +171,16 @@ class Classifier:
 
     def __init__(self, source: str | Path):
         path = Path(source)
-        members = ensemble_members(path) if path.is_dir() and not checkpoint_in(path) else []
-        files = []
-        for member in members:
-            found = checkpoint_in(member)
-            if found is None:
-                raise ExpectedError(f"{member}: ensemble member without best.h5 or model.h5 "
-                                    "(still training?)")
-            files.append(found)
-        if not members:
-            files = [checkpoint_in(path) or path] if path.is_dir() else [path]
-        self.models = []   # (model, loss)
+        files = model_files(path)
+        self.models = []   # (model, loss): the loss is known, load_checkpoint checked it
         for file in files:   # load_checkpoint handles folders without best.h5, missing files
             model, ckpt = model_from_checkpoint(file)
-            self.models.append((model, ckpt.config.get("model", {}).get("loss", "xent")))
+            self.models.append((model, ckpt.config["model"]["loss"]))
         self.path = files[0] if len(files) == 1 else path
 
     def describe(self) -> str:
         n = len(self.models)
-        return str(self.path) + (f" (ensemble of {n} members)" if n > 1 else "")
+        return str(self.path) + (f" (ensemble of {n} models)" if n > 1 else "")
 
     def proba(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities (N, 10) of uint8 MNIST-style images (N, 28, 28)."""
@@ -213,7 +263,9 @@ def main(argv=None) -> int:
                         help="write the 28x28 images the network saw into DIR")
     add_max_pixels_option(parser)
     args = parser.parse_args(argv)
-    top = min(max(args.top, 1), 10)
+    if not 1 <= args.top <= 10:
+        parser.error(f"--top {args.top}: must be 1 to 10 (there are 10 digits)")
+    top = args.top
 
     named = args.inputs[0] if is_model_path(args.inputs[0]) else None
     images = args.inputs[1:] if named else args.inputs
@@ -256,7 +308,13 @@ def main(argv=None) -> int:
         print(as_json(path, proba, top) if args.json else format_line(path, proba, top),
               flush=True)
         if out_dir is not None:
-            save_preprocessed(out_dir, path, image, used)
+            try:
+                save_preprocessed(out_dir, path, image, used)
+            except OSError as err:   # a full disk, a folder made read-only meanwhile
+                print(f"error: --save-preprocessed {out_dir}: cannot write the image of {path} "
+                      f"({err.strerror or err}); the classifications above are complete",
+                      file=sys.stderr)
+                return 2
     return 1 if failed else 0
 
 

@@ -12,6 +12,9 @@ Writes into RUN_DIR/report/ (or --out):
                     true label, prediction and its probability
     scaling.png     images/s against ranks per preset, only if RUN_DIR/bench.json exists
                     (rows of {"preset", "ranks", "images_per_s", ...}, from launch.lab.bench)
+    timeline.png    a few steps of every rank, only if RUN_DIR/timeline.json exists (trained
+                    with --set run.timeline=N); each rank's time per phase, its wait in the
+                    collectives and the straggler, if any, are printed (launch/trace.py)
     report.json     the numbers behind the pictures; its test accuracy and loss are those of
                     `python -m dist.evaluate <checkpoint> --json` (same function, same data)
 
@@ -34,6 +37,7 @@ from data.shards import read_split
 from dist.checkpoint import load_checkpoint
 from dist.errors import ExpectedError
 from dist.evaluate import evaluate, model_from_checkpoint, predict_scores, scores_to_proba
+from launch.trace import analyse, plot_timeline, read_trace, summary_lines
 
 # The backend is chosen before pyplot is imported: files only, no display needed.
 import matplotlib  # noqa: E402
@@ -247,6 +251,14 @@ def build_report(run_dir: Path, out_dir: Path, data_path: str | None) -> dict:
             raise ExpectedError(f"{bench}: not benchmark results ({err})") from None
     else:
         print(f"note: no {bench}: scaling.png skipped (python -m launch.lab.bench writes it)")
+    timeline = None
+    if (run_dir / "timeline.json").is_file():
+        trace = read_trace(run_dir / "timeline.json")
+        timeline = analyse(trace)
+        plot_timeline(trace, out_dir / "timeline.png",
+                      f"{run_dir.name}: {timeline['update']} update, "
+                      f"{len(timeline['ranks'])} rank(s)")
+        pictures.append("timeline.png")
 
     report = {
         "run": str(run_dir), "checkpoint": str(ckpt_path), "epoch": ckpt.epoch,
@@ -257,6 +269,7 @@ def build_report(run_dir: Path, out_dir: Path, data_path: str | None) -> dict:
         "mistakes": sorted(({k: v for k, v in m.items() if k != "position"} for m in mistakes),
                            key=lambda m: m["index"]),
         "pictures": pictures,
+        "timeline": timeline,
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     return report
@@ -279,6 +292,8 @@ def main(argv=None) -> int:
     print(f"{report['checkpoint']}: test accuracy {100 * report['test']['acc']:.2f}%, loss "
           f"{report['test']['loss']:.4f}, {len(report['mistakes'])} mistakes; wrote "
           f"{', '.join(report['pictures'])}, report.json to {out_dir}")
+    if report["timeline"] is not None:
+        print("\n".join(summary_lines(report["timeline"])))
     return 0
 
 

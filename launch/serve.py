@@ -38,6 +38,7 @@ from launch.predict import Classifier, add_max_pixels_option, load_classifier, p
 
 PAGE = Path(__file__).resolve().parent / "serve_page.html"
 MAX_UPLOAD_MB = 10          # a phone photo is 2-8 MB
+UPLOAD_CEILING_MB = 1024    # the most --max-upload-mb allows: each upload is held in memory
 DRAIN_FACTOR = 4            # an upload up to 4x the limit is read and dropped, to answer it
 REQUEST_TIMEOUT = 30        # seconds a client may take to send its request
 
@@ -140,6 +141,17 @@ class DigitHandler(BaseHTTPRequestHandler):
             super().log_request(code, size)
 
 
+def check_options(args) -> None:
+    """--port and --max-upload-mb in range, each a one-line ExpectedError otherwise (the socket
+    and int() would answer them with a traceback)."""
+    if not 0 <= args.port <= 65535:
+        raise ExpectedError(f"--port {args.port}: must be 1 to 65535 (or 0: any free port)")
+    mb = args.max_upload_mb
+    if not 0 < mb <= UPLOAD_CEILING_MB:   # also false for nan
+        raise ExpectedError(f"--max-upload-mb {mb}: must be more than 0 and at most "
+                            f"{UPLOAD_CEILING_MB} (each upload is held in memory)")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m launch.serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -155,6 +167,7 @@ def main(argv=None) -> int:
     add_max_pixels_option(parser)
     args = parser.parse_args(argv)
     try:
+        check_options(args)   # before the model is loaded: the cheap mistakes first
         max_pixels = pixel_limit(args.max_pixels)
         classifier = load_classifier(args.model)
     except ExpectedError as err:

@@ -1,5 +1,7 @@
 """Each bad input to `dist.train`: one line naming the problem, exit code 2, no file touched."""
 
+import os
+
 import pytest
 
 from tests.dist_helpers import assert_one_line_error, run_job, small_run_args, snapshot
@@ -93,3 +95,43 @@ def test_bad_command_line_is_one_line_on_every_rank_count(mnist_h5, tmp_path):
     assert_one_line_error(result, "unrecognized argument: --bogus-flag")
     result = run_job(2, ["--resume", str(tmp_path), "--preset", "cnn"])
     assert_one_line_error(result, "--resume takes the config from the checkpoint")
+
+
+def test_preset_with_config_is_refused(mnist_h5, tmp_path):
+    result = run_job(2, ["--config", "launch/configs/mlp.toml",
+                         *small_run_args(mnist_h5, tmp_path, "x")])
+    assert_one_line_error(result, "--preset cnn with --config launch/configs/mlp.toml")
+    assert not (tmp_path / "x").exists()
+
+
+def test_resume_auto_with_another_preset_is_refused(finished_run):
+    before = snapshot(finished_run)
+    args = ["--resume", "auto", "--preset", "mlp", "--set", f"run.dir={finished_run.parent}",
+            "--set", "run.name=done", "--set", "train.epochs=2"]
+    result = run_job(2, args)
+    assert_one_line_error(result, f"{finished_run}: holds a run of preset 'cnn', not 'mlp'")
+    assert snapshot(finished_run) == before
+
+
+@pytest.mark.parametrize("threads, fragments", [
+    ("1000000", ["run.threads=1000000", "rows of a batch"]),
+    ("40", ["run.threads=40", "more than 4 per core"]),
+])
+def test_unbounded_threads_are_refused_before_anything_is_made(mnist_h5, tmp_path, threads,
+                                                               fragments):
+    if threads == "40" and (os.cpu_count() or 1) * 4 >= 40:
+        pytest.skip("a node with 10 cores or more: 40 threads are allowed")
+    result = run_job(1, small_run_args(mnist_h5, tmp_path, "x", "--set", f"run.threads={threads}",
+                                       "--set", "train.batch_size=4000"), timeout=60)
+    assert_one_line_error(result, *fragments)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b"])
+def test_ensemble_name_that_leaves_the_run_folder_is_refused(mnist_h5, tmp_path, name):
+    (tmp_path / "runs").mkdir()
+    before = snapshot(tmp_path)
+    result = run_job(1, ["--members", "2", "--name", name,
+                         *small_run_args(mnist_h5, tmp_path / "runs", "x")], module="dist.ensemble")
+    assert_one_line_error(result, f"--name {name}: must be a plain folder name")
+    assert snapshot(tmp_path) == before and list((tmp_path / "runs").iterdir()) == []

@@ -8,7 +8,10 @@
   the same one line;
 * the newest checkpoint that loads is taken for resume, a damaged newer one skipped;
 * real training runs on a 1.5 MiB disk (finishes) and on a 600 kB one (one line, then --resume
-  finishes once there is room).
+  finishes once there is room);
+* room is never made by deleting a checkpoint that frees nothing (hard-linked to best.h5);
+* every other write path -- final.json, data.prepare, export, the TensorBoard replay -- on a
+  full disk is one line saying what was kept, with nothing left half-written.
 """
 import subprocess
 
@@ -17,9 +20,12 @@ import pytest
 
 from dist import checkpoint as ck
 from dist.errors import ExpectedError
-from tests.dist_helpers import assert_one_line_error, run_job, small_run_args
+from tests.dist_helpers import REPO, assert_one_line_error, env, run_job, small_run_args
 
-P = 50_000          # parameters: a checkpoint of ~400 kB (theta and velocity)
+P = 50_095          # parameters: a checkpoint of ~400 kB (theta and velocity)
+# The network of those P parameters: a loaded file's spec must match its theta.
+SPEC = [{"type": "flatten"}, {"type": "dense", "out": 63}, {"type": "relu"},
+        {"type": "dense", "out": 10}]
 
 
 @pytest.fixture
@@ -37,9 +43,9 @@ def small_disk(tmp_path):
 
 def state(run_dir, epoch: int, value: float = 1.0) -> ck.Checkpoint:
     theta = np.full(P, value, np.float32)
-    return ck.Checkpoint(run_dir / ck.checkpoint_name(epoch, 0), theta, np.zeros(4, np.float32),
+    return ck.Checkpoint(run_dir / ck.checkpoint_name(epoch, 0), theta, np.zeros(0, np.float32),
                          np.zeros(P, np.float32), epoch, 0, 10 * epoch, 0.5, epoch, 0,
-                         {"run": {}}, [{"type": "dense", "out": 10}], "f" * 64, 1)
+                         {"run": {}, "model": {"loss": "xent"}}, SPEC, "f" * 64, 1)
 
 
 def fill(folder, leave: int) -> None:
@@ -55,7 +61,9 @@ def test_prunes_oldest_first_and_best_is_a_link(small_disk):
     fill(small_disk, leave=100_000)          # less than one more checkpoint
     ck.write_checkpoint(small_disk, state(small_disk, 4, 4.0), keep_last=3, best=False)
     names = [p.name for p in ck.numbered_checkpoints(small_disk)]
-    assert names[-1] == "ckpt-e004-s00000.h5" and "ckpt-e001-s00000.h5" not in names
+    # ckpt-e001 is best.h5's twin: deleting it would free nothing, so ckpt-e002 made the room
+    assert names[-1] == "ckpt-e004-s00000.h5" and "ckpt-e002-s00000.h5" not in names
+    (small_disk / "ckpt-e001-s00000.h5").unlink()
     best = ck.load_checkpoint(small_disk / "best.h5")   # its numbered twin is gone: still there
     assert best.epoch == 1
     assert ck.load_newest(small_disk).theta[0] == 4.0
@@ -161,3 +169,69 @@ def test_full_disk_stops_with_one_line_and_resume_finishes_after_room_is_made(mn
         assert "resuming at epoch 1 step 5" in resumed.stdout
     finally:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_room_is_never_made_by_deleting_what_frees_nothing(small_disk):
+    """best.h5 is a second name of ckpt-e001: deleting ckpt-e001 frees no byte, so it stays;
+    the room comes from ckpt-e002."""
+    ck.write_checkpoint(small_disk, state(small_disk, 1), keep_last=3, best=True)
+    for epoch in (2, 3):
+        ck.write_checkpoint(small_disk, state(small_disk, epoch), keep_last=3, best=False)
+    fill(small_disk, leave=100_000)
+    ck.write_checkpoint(small_disk, state(small_disk, 4, 4.0), keep_last=3, best=False)
+    names = [p.name for p in ck.numbered_checkpoints(small_disk)]
+    assert names == ["ckpt-e001-s00000.h5", "ckpt-e003-s00000.h5", "ckpt-e004-s00000.h5"]
+
+
+def test_no_room_deletes_nothing_that_frees_nothing(small_disk):
+    ck.write_checkpoint(small_disk, state(small_disk, 1), keep_last=3, best=True)
+    ck.write_checkpoint(small_disk, state(small_disk, 2), keep_last=3, best=False)
+    fill(small_disk, leave=10_000)
+    with pytest.raises(ExpectedError, match="kept ckpt-e001-s00000.h5, ckpt-e002-s00000.h5, "
+                                            "best.h5"):
+        ck.write_checkpoint(small_disk, state(small_disk, 3), keep_last=3, best=False)
+
+
+def test_final_json_on_a_full_disk_is_one_line_and_no_half_file(small_disk):
+    from dist import rundir
+    (small_disk / "final.json").write_text("{}\n")   # an earlier one: left whole
+    fill(small_disk, leave=0)
+    with pytest.raises(ExpectedError) as err:
+        rundir.write_final(small_disk, {"test_acc": 0.5, "wall_seconds": 1, "best_epoch": 1,
+                                        "best_val_acc": 0.5, "pad": "x" * 10_000})
+    assert "\n" not in str(err.value) and "final.json: cannot write" in str(err.value)
+    assert "--resume" in str(err.value)
+    assert (small_disk / "final.json").read_text() == "{}\n" and not list(small_disk.glob("*.tmp"))
+
+
+def full_disk_cli(small_disk, *command):
+    fill(small_disk, leave=0)
+    before = {p.name for p in small_disk.iterdir()}
+    done = subprocess.run([ck.sys.executable, "-m", *command], capture_output=True, text=True,
+                          cwd=REPO, env=env())
+    assert {p.name for p in small_disk.iterdir()} == before
+    return done
+
+
+def test_data_prepare_on_a_full_disk(small_disk, mnist_idx_dir):
+    done = full_disk_cli(small_disk, "data.prepare", "--out", str(small_disk / "m.h5"),
+                         "--source", str(mnist_idx_dir), "--quiet")
+    assert_one_line_error(done, f"{small_disk / 'm.h5'}: cannot write (No space left on device)",
+                          "nothing written")
+
+
+def test_export_on_a_full_disk(small_disk, tmp_path):
+    source = ck.save_checkpoint(tmp_path / "ckpt-e001-s00000.h5", state(tmp_path, 1))
+    done = full_disk_cli(small_disk, "dist.checkpoint", "export", str(source),
+                         str(small_disk / "model.h5"))
+    assert_one_line_error(done, "model.h5: cannot write the model file (No space left",
+                          f"{source} is unchanged")
+
+
+def test_tensorboard_replay_on_a_full_disk(small_disk):
+    pytest.importorskip("tensorboardX")
+    (small_disk / "metrics.jsonl").write_text(
+        '{"epoch": 1, "train_loss": 1.0, "lr": 0.1, "seconds": {"train": 1.0}}\n')
+    done = full_disk_cli(small_disk, "dist.tensorboard", str(small_disk))
+    assert_one_line_error(done, "cannot write TensorBoard events (No space left",
+                          "metrics.jsonl holds every epoch")

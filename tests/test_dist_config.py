@@ -54,6 +54,8 @@ def test_overrides_are_typed_toml_values():
     ("schedule.cycles=0", "schedule.cycles=0: must be >= 1"),
     ("train.report_test=0", "train.report_test must be true or false"),
     ("optim.lr", "expected KEY=VALUE"),
+    ("model.label_smoothing=0.5", "model.label_smoothing=0.5: must be in [0, 0.5)"),
+    ("schedule.kind=triangle", "schedule.kind='triangle'"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ExpectedError) as err:

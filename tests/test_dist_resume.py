@@ -68,7 +68,8 @@ def test_killed_and_resumed_run_with_the_new_switches_is_bitwise_identical(mnist
     # snapshots: all are functions of the counters and of what the checkpoint saves.
     extra = (*EXTRA, "--set", "data.augment=true", "--set", "data.elastic_alpha=34",
              "--set", "data.elastic_sigma=4", "--set", "optim.ema_decay=0.9",
-             "--set", "schedule.kind=cyclic", "--set", "schedule.cycles=2")
+             "--set", "schedule.kind=cyclic", "--set", "schedule.cycles=2",
+             "--set", "model.label_smoothing=0.1")
     full_and_killed_then_resumed(mnist_h5, tmp_path, *extra)
     for name in ("ckpt-e002-s00000.h5", "snapshot-c01.h5", "snapshot-c02.h5"):
         with h5py.File(tmp_path / "full" / name, "r") as a, \

@@ -118,3 +118,51 @@ def test_errors_are_one_line_exit_2(written, tmp_path, capsys):
         err = capsys.readouterr().err
         assert len(err.splitlines()) == 1 and err.startswith("error: "), (what, err)
         assert message in err, (what, err)
+
+
+# -- the timeline (run.timeline, dist/timeline.py; read back by launch/trace.py) ------------
+
+SLOW_SECONDS = 0.1       # rank 1 sleeps this long before each batch: several of its steps
+
+
+@pytest.fixture(scope="module")
+def timeline_runs(tmp_path_factory, mnist_h5):
+    """Two 2-rank runs with a 4-step timeline: rank 1 slowed on purpose (tests/slow_rank.py),
+    and an even one; and launch.report on each: name -> (run folder, report's stdout)."""
+    from tests.dist_helpers import run_job, small_run_args
+    folder, runs = tmp_path_factory.mktemp("timeline-report"), {}
+    window = ("--set", "run.timeline=6", "--set", "run.timeline_start=3")
+    for name, prefix in (("slow", ["tests/slow_rank.py", str(SLOW_SECONDS)]), ("even", [])):
+        args = small_run_args(mnist_h5, folder, name, *window)
+        job = run_job(2, prefix[1:] + args, module=prefix[0]) if prefix else run_job(2, args)
+        assert job.returncode == 0, job.stdout + job.stderr
+        done = subprocess.run([sys.executable, "-m", "launch.report", str(folder / name)],
+                              cwd=REPO, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr
+        runs[name] = folder / name, done.stdout
+    return runs
+
+
+def test_the_slowed_rank_is_named_with_its_host(timeline_runs):
+    run, stdout = timeline_runs["slow"]
+    rep = json.loads((run / "report" / "report.json").read_text())
+    straggler = rep["timeline"]["straggler"]
+    assert straggler["rank"] == 1 and straggler["host"] == rep["timeline"]["ranks"]["1"]["host"]
+    # The job loses about the sleep at every step (rank 0 waits for it in batch norm's sum).
+    assert 0.7 * SLOW_SECONDS * 1e3 < straggler["lost_ms_per_step"] < 2 * SLOW_SECONDS * 1e3
+    assert f"straggler: rank 1 on {straggler['host']}" in stdout
+    fast, slow = rep["timeline"]["ranks"]["0"], rep["timeline"]["ranks"]["1"]
+    assert slow["phases_ms"]["data"] > fast["phases_ms"]["data"] + 0.7 * SLOW_SECONDS * 1e3
+    assert fast["wait_ms"] > 0.7 * SLOW_SECONDS * 1e3 > slow["wait_ms"]
+
+
+def test_an_even_run_has_no_straggler_and_its_timeline_is_drawn(timeline_runs):
+    run, stdout = timeline_runs["even"]
+    assert "no straggler" in stdout and "straggler: rank" not in stdout
+    rep = json.loads((run / "report" / "report.json").read_text())
+    assert rep["timeline"]["straggler"] is None and rep["pictures"][-1] == "timeline.png"
+    for line in ("ms per step:", "gradient sum", "waiting"):
+        assert line in stdout
+    with Image.open(run / "report" / "timeline.png") as picture:
+        assert picture.format == "PNG" and picture.size[0] >= 800
+        assert len(picture.convert("L").getcolors(1 << 16) or range(300)) > 20  # not blank

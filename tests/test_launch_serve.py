@@ -155,7 +155,7 @@ def test_ensemble_folder_averages_its_members(trained_run, mnist_h5, tmp_path):
         (folder / f"member-{m}").mkdir(parents=True)
         shutil.copy(source, folder / f"member-{m}" / "best.h5")
     ensemble = Classifier(folder)
-    assert ensemble.describe() == f"{folder} (ensemble of 2 members)"
+    assert ensemble.describe() == f"{folder} (ensemble of 2 models)"
     ensemble_server = start_in_thread(ensemble)
     try:
         photo, label = digit_photo(mnist_h5, tmp_path, 2)
