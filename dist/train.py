@@ -312,6 +312,7 @@ class RootWork:
                                         cfg.run.tensorboard and comm.is_root)
         # The averaged weights are evaluated in a model of their own (eval mode: no reduce).
         self.averaged = Model(model.spec, seed=0) if ema is not None and comm.is_root else None
+        self.last_test = None     # (epoch, its test figures), if end_of_epoch evaluated them
 
     def the_model(self) -> Model:
         """The model that counts: the moving average of the weights when there is one."""
@@ -356,10 +357,11 @@ class RootWork:
         # average helps is decided on them (launch/docs/results.md, issue 20's D1).
         raw = evaluate(self.model, *self.val_set[:2], cfg.model.loss, threads=threads) \
             if has_val and model is not self.model else None
+        # The test set every train.eval_test_every epochs, for the curves; at the end the final
+        # report evaluates best.h5 (or takes this figure, when best.h5 is this epoch's model).
         every = cfg.train.eval_test_every
         test = evaluate(model, *self.test_set[:2], cfg.model.loss, threads=threads) \
-            if cfg.train.report_test and (epoch == cfg.train.epochs
-                                          or (every and epoch % every == 0)) else None
+            if cfg.train.report_test and every and epoch % every == 0 else None
         clock.lap("eval")
         improved = val is not None and val["acc"] > progress.best_metric
         if improved:
@@ -370,6 +372,8 @@ class RootWork:
         stop = bool(patience and val is not None and progress.bad_epochs >= patience)
         self.checkpoint(progress, also_best=improved or val is None, at_epoch_end=True)
         clock.lap("checkpoint")
+        if test is not None:
+            self.last_test = (epoch, test)
         record.update(val_loss=val and val["loss"], val_acc=val and val["acc"],
                       test_loss=test and test["loss"], test_acc=test and test["acc"],
                       early_stop=stop)
@@ -398,8 +402,10 @@ class RootWork:
         newest checkpoint if best.h5 was lost, e.g. to a full disk before version 18). Not
         with train.report_test = false: runs that decide something see validation only."""
         test, started = {"acc": None, "loss": None}, time.perf_counter()
-        if self.cfg.train.report_test:
-            best = self.run_dir / "best.h5"
+        best = self.run_dir / "best.h5"
+        if self.last_test and self.last_test[0] == progress.best_epoch and best.exists():
+            test = self.last_test[1]   # best.h5 is the model the last epoch's end evaluated
+        elif self.cfg.train.report_test:
             if not best.exists():
                 best = ck.numbered_checkpoints(self.run_dir)[-1]
                 print(f"note: {self.run_dir}/best.h5 is missing; reporting {best.name}")

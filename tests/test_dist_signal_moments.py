@@ -3,9 +3,9 @@ tests/signal_at.py: the job ends with exit 128 + signal, nothing on stderr, the 
 no MPI file left in /dev/shm, and the run either complete (final.json) or finished by
 ``--resume RUN``.
 
-The moments of a 2-epoch run (report_test on, no test during training but at the last
-epoch): evaluations 1 and 2 are the two validations, 3 the last epoch's test, then the final
-test of best.h5; checkpoint writes 1 and 2 are the two epochs' ends.
+The moments of a 2-epoch run (report_test on, no test during training): evaluations 1 and 2
+are the two validations, 3 the final test of best.h5; checkpoint writes 1 and 2 are the two
+epochs' ends.
 """
 import json
 import signal

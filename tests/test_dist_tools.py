@@ -39,6 +39,21 @@ def test_evaluate_cli_matches_the_library_and_the_final_report(trained, mnist_h5
     assert "accuracy" in text.stdout and "true\\pred" in text.stdout
 
 
+def test_the_final_report_reuses_the_last_epochs_test_figure_only_for_that_model(mnist_h5,
+                                                                                 tmp_path):
+    # With the test set evaluated at every epoch's end, best.h5 of a 1-epoch run is the model
+    # that was just evaluated: final.json takes that figure, and it is what best.h5 scores.
+    result = run_job(2, small_run_args(mnist_h5, tmp_path, "r", "--set", "train.epochs=1",
+                                       "--set", "train.steps_per_epoch=20",
+                                       "--set", "train.eval_test_every=1"))
+    assert result.returncode == 0, result.stderr
+    final = json.loads((tmp_path / "r" / "final.json").read_text())
+    epoch = json.loads((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[-1])
+    model, _ = model_from_checkpoint(tmp_path / "r" / "best.h5")
+    images, labels, _ = read_split(mnist_h5, "test")
+    assert final["test_acc"] == epoch["test_acc"] == evaluate(model, images, labels, "xent")["acc"]
+
+
 def test_evaluate_refuses_a_bad_checkpoint_in_one_line(tmp_path):
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"not hdf5 at all")
