@@ -51,6 +51,10 @@ of each member (early cycles' snapshots are weaker).
 """
 from __future__ import annotations
 
+if __name__ == "__main__":   # before the imports below (MPI starts in one): a stop signal
+    from dist.stop import hold_signals   # meanwhile stops the job at its first step
+    hold_signals()
+
 import argparse
 import json
 import sys

@@ -259,6 +259,15 @@ def open_data(comm: Comm, cfg) -> tuple[str, str, int]:
     return path, info.fingerprint, min(steps, cfg.train.steps_per_epoch or steps)
 
 
+def read_eval_sets(comm: Comm, cfg, data_path: str):
+    """Rank 0's validation and test sets ((images, labels, indices) each), read before the run
+    folder exists: a file that cannot be read leaves no folder behind. None on other ranks."""
+    if not comm.is_root:
+        return None
+    split = (cfg.data.split_seed, cfg.data.val_size)
+    return read_split(data_path, "val", *split), read_split(data_path, "test", *split)
+
+
 def start(comm: Comm, cfg, model: Model, opt: SGD, resume, fingerprint: str):
     """A fresh run folder, or the checkpoint's arrays and progress. (Progress, run folder)"""
     if resume is None:
@@ -301,12 +310,10 @@ class RootWork:
     """What rank 0 does between steps while the others wait: checkpoints, evaluation, logs."""
 
     def __init__(self, comm: Comm, cfg, model: Model, opt: SGD, ema: EMA | None, run_dir: Path,
-                 data_path: str, fingerprint: str, start: float):
+                 eval_sets, fingerprint: str, start: float):
         self.comm, self.cfg, self.model, self.opt, self.run_dir = comm, cfg, model, opt, run_dir
         self.ema, self.fingerprint, self.start = ema, fingerprint, start
-        split = (cfg.data.split_seed, cfg.data.val_size)
-        self.val_set = read_split(data_path, "val", *split) if comm.is_root else None
-        self.test_set = read_split(data_path, "test", *split) if comm.is_root else None
+        self.val_set, self.test_set = eval_sets or (None, None)   # rank 0's (read_eval_sets)
         # run.tensorboard: rank 0 writes the curves; a missing writer stops every rank here.
         self.tensorboard = collectively(comm, open_log, run_dir,
                                         cfg.run.tensorboard and comm.is_root)
@@ -477,11 +484,12 @@ def setup(comm: Comm, args) -> Run | None:
     model = collectively(comm, build_model, cfg, comm)
     cfg.model.layers = model.spec  # defaults filled in: this is what checkpoints compare
     data_path, fingerprint, steps = open_data(comm, cfg)
+    eval_sets = collectively(comm, read_eval_sets, comm, cfg, data_path)
     opt, lr_at = collectively(comm, build_optimizer, cfg, model, steps)
     update = build_update(cfg, comm, model, opt, threads=1 if args.debug else threads)
     progress, run_dir = start(comm, cfg, model, opt, resume, fingerprint)
     ema = make_ema(cfg, model, resume)
-    root = RootWork(comm, cfg, model, opt, ema, run_dir, data_path, fingerprint, start_time)
+    root = RootWork(comm, cfg, model, opt, ema, run_dir, eval_sets, fingerprint, start_time)
     if comm.is_root:
         print(headline(comm, cfg, model, threads, steps, update, run_dir, progress), flush=True)
     net = model if args.debug else build_net(model, threads)  # --debug: the model, one thread
