@@ -272,6 +272,21 @@ def training_input(images: np.ndarray, keys: np.ndarray, spec: list[dict], data)
     return x
 
 
+# Test-time augmentation: the views of an image, beyond itself, in the order they are added.
+TTA_SHIFTS = ((0, 1), (0, -1), (1, 0), (-1, 0), (1, 1), (-1, -1), (1, -1), (-1, 1))
+
+
+def shifted(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """uint8 images (b, H, W) moved dy rows down and dx columns right by whole pixels, the
+    background (0) coming in at the edges: a view of the same digit that a model which saw
+    shifted digits in training should classify alike."""
+    out = np.zeros_like(images)
+    h, w = images.shape[1:]
+    out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        images[:, max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+    return out
+
+
 def evaluation_input(images: np.ndarray, spec: list[dict]) -> np.ndarray:
     """uint8 (b, 28, 28) images -> float32 (b, 28, 28, 1) network input for evaluation and
     prediction: normalised, and deskewed if the spec asks for deskewing at all."""

@@ -74,17 +74,19 @@ from dist.collective import agree, collectively, on_root, run_main
 from dist.comm import Comm
 from dist.config import DEFAULT_PRESET, load_config
 from dist.errors import ExpectedError
-from dist.evaluate import data_file, model_from_checkpoint, predict_scores, scores_to_proba
+from dist.evaluate import (add_tta_option, data_file, model_from_checkpoint, predict_scores,
+                           scores_to_proba)
 
 
 def model_probabilities(path: Path, images: np.ndarray,
-                        fingerprint: str | None = None) -> np.ndarray:
+                        fingerprint: str | None = None, tta: int = 0) -> np.ndarray:
     """Class probabilities (N, 10) of one model: a member's best.h5, or a snapshot. With
-    `fingerprint`, a model trained on other data than `images` come from is refused."""
+    `fingerprint`, a model trained on other data than `images` come from is refused; `tta`:
+    test-time augmentation (dist.evaluate.predict_scores)."""
     model, ckpt = model_from_checkpoint(path, fingerprint)
     # Each member's own loss says how its outputs become probabilities (softmax or
     # normalised sigmoids): members of different presets can differ in it.
-    return scores_to_proba(predict_scores(model, images), ckpt.config["model"]["loss"])
+    return scores_to_proba(predict_scores(model, images, tta=tta), ckpt.config["model"]["loss"])
 
 
 def member_probabilities(folder: Path, images: np.ndarray) -> np.ndarray:
@@ -110,11 +112,11 @@ def average_accuracy(probas: list[np.ndarray], labels: np.ndarray) -> dict:
 
 
 def ensemble_accuracy(model_files: list[Path], images: np.ndarray, labels: np.ndarray,
-                      fingerprint: str | None = None) -> dict:
+                      fingerprint: str | None = None, tta: int = 0) -> dict:
     """Accuracy of each model (a member's best.h5, or a snapshot) and of their averaged
     probabilities; with `fingerprint`, only of models trained on that data."""
-    return average_accuracy([model_probabilities(p, images, fingerprint) for p in model_files],
-                            labels)
+    return average_accuracy([model_probabilities(p, images, fingerprint, tta)
+                             for p in model_files], labels)
 
 
 def raw_best_model(folder: Path) -> Path:
@@ -340,6 +342,7 @@ def parse_args(argv) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--snapshots", type=int, nargs="?", const=0, metavar="K",
                         help="average each member's cycle-end snapshots (schedule.kind = "
                              "'cyclic') instead of its best.h5; K: only the last K")
+    add_tta_option(parser)
     return parser.parse_known_args(argv)
 
 
@@ -469,14 +472,15 @@ def combine(ens: Ensemble, ranks: int) -> None:
     for path in files:
         load_checkpoint(path, expect_fingerprint=fingerprint, resumable=False)
     result = {"members": len(ens.presets), "ranks": ranks, "preset": ens.label,
-              "raw": ens.args.raw, "presets": [ens.configs[p].preset for p in ens.presets],
+              "raw": ens.args.raw, "tta": ens.args.tta,
+              "presets": [ens.configs[p].preset for p in ens.presets],
               "models": [str(path.relative_to(ens.folder)) for path in files],
               "wall_seconds": time.perf_counter() - ens.start}
     # Runs that decide something see the validation split only (train.report_test).
     for split in ("val", "test") if cfg.train.report_test else ("val",):
         images, labels, _ = read_split(data_path, split, cfg.data.split_seed, cfg.data.val_size)
         if len(labels):
-            result[split] = ensemble_accuracy(files, images, labels, fingerprint)
+            result[split] = ensemble_accuracy(files, images, labels, fingerprint, ens.args.tta)
     write_result(ens.folder / "ensemble.json", result)
     split = "test" if "test" in result else "val"
     shown = result.get(split, {"ensemble": float("nan"), "members": []})

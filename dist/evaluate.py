@@ -22,7 +22,7 @@ from core.model import Model
 from core.replicas import Replicas
 from data.errors import UserError
 from data.hdf5 import open_mnist
-from data.pipeline import evaluation_input
+from data.pipeline import TTA_SHIFTS, evaluation_input, shifted
 from data.prepare import default_path, ensure_dataset
 from data.shards import read_split
 from dist.checkpoint import check_compatible, load_checkpoint, model_weights
@@ -47,18 +47,44 @@ def eval_batch_size(model: Model) -> int:
 
 
 def predict_scores(model: Model, images: np.ndarray, batch_size: int | None = None,
-                   threads: int | None = None) -> np.ndarray:
+                   threads: int | None = None, tta: int = 0) -> np.ndarray:
     """Network outputs for uint8 images (N, 28, 28), in eval mode, batch by batch. (N, 10)
     With several threads (default: every core this process may use), each batch is split
-    over copies of the model, one per thread (core/replicas.py), as in training."""
+    over copies of the model, one per thread (core/replicas.py), as in training.
+    tta: test-time augmentation, the outputs averaged over each image and its first `tta`
+    one-pixel shifts (data/pipeline.py, TTA_SHIFTS); 0 = the image alone."""
     batch_size = batch_size or eval_batch_size(model)
     threads = threads or len(os.sched_getaffinity(0))
     net = Replicas(model, threads) if threads > 1 and len(images) > 1 else model
-    out = np.empty((len(images), 10), dtype=np.float32)
+    out = np.zeros((len(images), 10), dtype=np.float32)
     for i in range(0, len(images), batch_size):
-        x = evaluation_input(images[i:i + batch_size], model.spec)   # as the model was trained on
-        out[i:i + batch_size] = net.forward(x, train=False)
+        batch = images[i:i + batch_size]
+        for dy, dx in ((0, 0),) + TTA_SHIFTS[:tta]:
+            view = shifted(batch, dy, dx) if (dy, dx) != (0, 0) else batch
+            x = evaluation_input(view, model.spec)                 # as the model was trained on
+            out[i:i + batch_size] += net.forward(x, train=False)
+    if tta:
+        out /= tta + 1
     return out
+
+
+def add_tta_option(parser: argparse.ArgumentParser) -> None:
+    """--tta N for the tools that score images (evaluate, ensemble, predict, serve)."""
+    parser.add_argument("--tta", type=tta_views, default=0, metavar="N",
+                        help="test-time augmentation: average each image's outputs with those "
+                             f"of its first N one-pixel shifts (0..{len(TTA_SHIFTS)}; default 0)")
+
+
+def tta_views(text: str) -> int:
+    """--tta's value: a whole number of shifted views, 0..8 (argparse reports it in one line)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= len(TTA_SHIFTS):
+        raise argparse.ArgumentTypeError(f"must be a whole number in 0..{len(TTA_SHIFTS)}, "
+                                         f"got {text!r}")
+    return n
 
 
 def scores_to_proba(scores: np.ndarray, loss: str) -> np.ndarray:
@@ -70,9 +96,9 @@ def scores_to_proba(scores: np.ndarray, loss: str) -> np.ndarray:
 
 
 def evaluate(model: Model, images: np.ndarray, labels: np.ndarray, loss: str,
-             batch_size: int | None = None, threads: int | None = None) -> dict:
+             batch_size: int | None = None, threads: int | None = None, tta: int = 0) -> dict:
     """Mean loss, accuracy and confusion matrix (rows: true digit, columns: predicted)."""
-    scores = predict_scores(model, images, batch_size, threads)
+    scores = predict_scores(model, images, batch_size, threads, tta)
     labels = labels.astype(np.int64)
     total_loss, _ = LOSSES[loss](scores, labels, divisor=max(len(labels), 1))
     predicted = scores.argmax(axis=1)
@@ -133,6 +159,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--raw", action="store_true", help="the trained weights, not their "
                         "moving average (runs with optim.ema_decay > 0)")
+    add_tta_option(parser)
     args = parser.parse_args(argv)
     try:
         ckpt = load_checkpoint(args.checkpoint, resumable=False)   # weights, spec, config
@@ -142,11 +169,12 @@ def main(argv=None) -> int:
         model = model_of(ckpt, args.raw)
         images, labels, _ = read_split(path, args.split, split_seed=data_cfg.get("split_seed", 0),
                                        val_size=data_cfg.get("val_size", 5000))
-        result = evaluate(model, images, labels, ckpt.config["model"]["loss"])
+        result = evaluate(model, images, labels, ckpt.config["model"]["loss"], tta=args.tta)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    result.update(checkpoint=str(ckpt.path), split=args.split, epoch=ckpt.epoch, raw=args.raw)
+    result.update(checkpoint=str(ckpt.path), split=args.split, epoch=ckpt.epoch, raw=args.raw,
+                  tta=args.tta)
     if args.json:
         print(json.dumps(result))
     else:

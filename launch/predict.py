@@ -42,7 +42,7 @@ from PIL import Image
 
 from dist.checkpoint import SNAPSHOT_GLOB, numbered_checkpoints
 from dist.errors import ExpectedError
-from dist.evaluate import model_from_checkpoint, predict_scores, scores_to_proba
+from dist.evaluate import add_tta_option, model_from_checkpoint, predict_scores, scores_to_proba
 from launch.images import MAX_IMAGE_PIXELS, ImageError, preprocess_file
 
 ZOOM = 10   # enlargement of the --save-preprocessed copies
@@ -169,8 +169,9 @@ class Classifier:
     An ensemble averages its members' class probabilities, as dist.ensemble does; each member's
     own loss says how its outputs become probabilities."""
 
-    def __init__(self, source: str | Path):
+    def __init__(self, source: str | Path, tta: int = 0):
         path = Path(source)
+        self.tta = tta          # test-time augmentation: shifted views (dist.evaluate)
         files = model_files(path)
         self.models = []   # (model, loss): the loss is known, load_checkpoint checked it
         for file in files:   # load_checkpoint handles folders without best.h5, missing files
@@ -184,21 +185,21 @@ class Classifier:
 
     def proba(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities (N, 10) of uint8 MNIST-style images (N, 28, 28)."""
-        return np.mean([scores_to_proba(predict_scores(model, images), loss)
+        return np.mean([scores_to_proba(predict_scores(model, images, tta=self.tta), loss)
                         for model, loss in self.models], axis=0)
 
 
-def load_classifier(source: str | None, models_dir=None, say=print) -> Classifier:
+def load_classifier(source: str | None, models_dir=None, say=print, tta: int = 0) -> Classifier:
     """The named model, else the shipped one (saying so in one line); ExpectedError saying how to
     get a model when there is neither."""
     if source is None:
         found = shipped_model(models_dir)
         if found is None:
             raise ExpectedError(HOW_TO_GET_A_MODEL)
-        classifier = Classifier(found)
+        classifier = Classifier(found, tta)
         say(f"no checkpoint named: using the shipped model {classifier.describe()}")
         return classifier
-    return Classifier(source)
+    return Classifier(source, tta)
 
 
 def pixel_limit(flag: str | None) -> int:
@@ -262,6 +263,7 @@ def main(argv=None) -> int:
     parser.add_argument("--save-preprocessed", metavar="DIR",
                         help="write the 28x28 images the network saw into DIR")
     add_max_pixels_option(parser)
+    add_tta_option(parser)
     args = parser.parse_args(argv)
     if not 1 <= args.top <= 10:
         parser.error(f"--top {args.top}: must be 1 to 10 (there are 10 digits)")
@@ -277,7 +279,8 @@ def main(argv=None) -> int:
         if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
             raise ExpectedError(f"--save-preprocessed {out_dir}: exists and is not a folder; "
                                 f"nothing is written over it")
-        classifier = load_classifier(named, say=lambda line: print(line, file=sys.stderr))
+        classifier = load_classifier(named, say=lambda line: print(line, file=sys.stderr),
+                                     tta=args.tta)
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
     except ExpectedError as err:

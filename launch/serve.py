@@ -33,6 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from dist.errors import ExpectedError
+from dist.evaluate import add_tta_option
 from launch.images import MAX_IMAGE_PIXELS, ImageError, preprocess_file
 from launch.predict import Classifier, add_max_pixels_option, load_classifier, pixel_limit
 
@@ -165,11 +166,12 @@ def main(argv=None) -> int:
     parser.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_MB,
                         help="largest accepted upload in MB (default %(default)s)")
     add_max_pixels_option(parser)
+    add_tta_option(parser)
     args = parser.parse_args(argv)
     try:
         check_options(args)   # before the model is loaded: the cheap mistakes first
         max_pixels = pixel_limit(args.max_pixels)
-        classifier = load_classifier(args.model)
+        classifier = load_classifier(args.model, tta=args.tta)
     except ExpectedError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -361,3 +361,12 @@ def test_a_misplaced_or_misspelt_deskew_entry_is_a_spec_error():
         Model([{"type": "deskew", "before_augment": 1}])
     with pytest.raises(ValueError, match=r"layer 0 \(deskew\): needs single-channel images"):
         Model([{"type": "deskew"}, {"type": "flatten"}], input_shape=(28, 28, 3))
+
+
+def test_shifted_moves_whole_pixels_and_fills_with_background():
+    from data.pipeline import shifted
+    images = np.arange(2 * 4 * 5, dtype=np.uint8).reshape(2, 4, 5) + 1
+    down_left = shifted(images, 1, -1)
+    np.testing.assert_array_equal(down_left[:, 1:, :-1], images[:, :-1, 1:])
+    assert (down_left[:, 0, :] == 0).all() and (down_left[:, :, -1] == 0).all()
+    np.testing.assert_array_equal(shifted(images, 0, 0), images)

@@ -54,6 +54,39 @@ def test_the_final_report_reuses_the_last_epochs_test_figure_only_for_that_model
     assert final["test_acc"] == epoch["test_acc"] == evaluate(model, images, labels, "xent")["acc"]
 
 
+def test_test_time_augmentation_averages_the_shifted_views():
+    # predict_scores(tta=k): the outputs of each image and its first k one-pixel shifts,
+    # averaged; tta=0 is the image alone (the default everywhere).
+    from core.model import Model
+    from data.pipeline import TTA_SHIFTS, shifted
+    from dist.evaluate import predict_scores
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (9, 28, 28), dtype=np.uint8)
+    model = Model([{"type": "conv", "out": 4, "kernel": 3}, {"type": "relu"},
+                   {"type": "flatten"}, {"type": "dense", "out": 10}], seed=2, dtype=np.float64)
+    views = [images] + [shifted(images, dy, dx) for dy, dx in TTA_SHIFTS[:3]]
+    expected = np.mean([predict_scores(model, v, threads=1) for v in views], axis=0)
+    np.testing.assert_allclose(predict_scores(model, images, threads=2, tta=3), expected,
+                               rtol=1e-6, atol=1e-6)
+    assert not np.allclose(expected, predict_scores(model, images, threads=1))
+
+
+def test_tta_out_of_range_is_one_line(trained, capsys):
+    out = run_job(1, [str(trained / "best.h5"), "--tta", "9"], module="dist.evaluate")
+    assert out.returncode == 2 and "--tta: must be a whole number in 0..8, got '9'" in out.stderr
+    from launch.predict import main as predict
+    from launch.serve import main as serve
+    for tool in (predict, serve):
+        with pytest.raises(SystemExit) as exit_:
+            tool([str(trained), "--tta", "-1"] + (["x.png"] if tool is predict else []))
+        assert exit_.value.code == 2
+        assert "--tta: must be a whole number in 0..8, got '-1'" in capsys.readouterr().err
+    val = run_job(1, [str(trained / "best.h5"), "--split", "val", "--tta", "4", "--json"],
+                  module="dist.evaluate")
+    assert val.returncode == 0, val.stderr
+    assert json.loads(val.stdout)["tta"] == 4 and json.loads(val.stdout)["acc"] > 0.5
+
+
 def test_evaluate_refuses_a_bad_checkpoint_in_one_line(tmp_path):
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"not hdf5 at all")
