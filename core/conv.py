@@ -103,8 +103,8 @@ class Conv2D(Layer):
         """Cin = 1 (the first layer sees the image): cols transposed, with a row of ones,
         (kh*kw + 1, B*Ho*Wo).  With one channel the rows of the usual cols are runs of only
         kw numbers, and the copy that packs them crawls; transposed, offset (i, j) of every
-        window is one strided slice of the image, copied in one go, and
-        the GEMMs read the matrix transposed at no cost.  The row of ones is the bias as
+        window is one strided slice of the image, copied in one go, and the GEMMs read the
+        matrix transposed at no cost.  The row of ones is the bias as
         an input that is always 1: the GEMM then adds b (a pass over the whole output saved)
         and backward's GEMM yields db with dW.  Kept for backward: 10 numbers per pixel."""
         k, s, ho, wo = self.k, self.s, self.ho, self.wo
@@ -282,11 +282,11 @@ class MaxPool2D(Layer):
 
     def _backward_tiles(self, x, y, dy, dx):
         """dx (n, H, W, C) from x, y, dy of n samples, for windows that tile x.
-        As (n, Ho, k, Wo, k, C), every window's inputs sit on axes 2
-        and 4, and y and dy broadcast over them.  One comparison marks the maxima and one
-        multiply writes dx: two passes over x, against several per window offset in
-        _backward_offsets.  The same result, ties
-        included: where a window has several maxima, only its first keeps the gradient."""
+        As (n, Ho, k, Wo, k, C), every window's inputs sit on axes 2 and 4, and y and dy
+        broadcast over them.  One comparison marks the maxima and one multiply writes dx: two
+        passes over x, against several per window offset in _backward_offsets.  The same
+        result, ties included: where a window has several maxima, only its first keeps the
+        gradient."""
         k = self.k
         tiles = (len(dy), self.ho, k, self.wo, k, dy.shape[3])
         at_max = np.equal(x.reshape(tiles), y[:, :, None, :, None, :])   # bool

@@ -24,7 +24,6 @@ import numbers
 import numpy as np
 
 
-
 class SGD:
     BLOCK = 2 ** 18   # elements per block of the update (1 MB per array): see step()
 

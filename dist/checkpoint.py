@@ -36,7 +36,8 @@ oldest numbered checkpoints *before* writing (never the newest that loads, nor o
 deletion frees nothing); ``best.h5`` is a hard link to the numbered file (no space of its own);
 a write that fails anyway is one line saying what was kept. Pruning to ``run.keep_last`` keeps
 the file just written and the newest that loads, whatever their names. ``export`` never
-writes over a training checkpoint or a run's ckpt-*/best.h5 name. ``*.tmp`` left by a killed write are removed when the (locked) run folder is next opened.
+writes over a training checkpoint or a run's ckpt-*/best.h5 name. ``*.tmp`` left by a killed
+write are removed when the (locked) run folder is next opened.
 Loading validates everything (shapes before reading, so a file that declares 10^12 floats is
 refused, not allocated) and fails with one line naming the file. ``--resume RUN`` takes the
 newest checkpoint of the folder that loads, never best.h5.

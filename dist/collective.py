@@ -18,7 +18,7 @@ through one of these, and every rank learns of a failure at the same point:
     cfg = collectively(comm, load_config, args.preset)   # a bad key: one line, every rank exits
     path = on_root(comm, prepare_data, cfg)              # rank 0 prepares; the others wait
 
-Used by dist.train, dist.ensemble and launch.bench; nothing to run here.
+Used by dist.train, dist.ensemble and launch.lab.bench; nothing to run here.
 """
 from __future__ import annotations
 

@@ -3,9 +3,9 @@
 A config is seven small dataclasses (``[model] [data] [optim] [schedule] [train] [run]
 [comm]``). A preset in ``launch/configs/NAME.toml`` sets some fields; the rest keep the defaults
 below. A preset may start from another one (``base = "best"`` at its top) and set only what
-differs; ``[model] prepend = [...]`` puts layers in front of the base's (a deskew layer, say). Overrides
-come from the command line as ``--set optim.lr=0.05`` or ``--optim.lr 0.05`` (the value is read
-as a TOML value, so ``--set model.layers=[{type="dense",out=10}]`` works too).
+differs; ``[model] prepend = [...]`` puts layers in front of the base's (a deskew entry, say).
+Overrides come from the command line as ``--set optim.lr=0.05`` or ``--optim.lr 0.05`` (the value
+is read as a TOML value, so ``--set model.layers=[{type="dense",out=10}]`` works too).
 
 Every mistake is one line that names the key: unknown keys, wrong types, impossible values.
 The resolved config is saved with the run as JSON, and ``--config runs/X/config.json`` repeats it.

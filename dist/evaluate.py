@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from data.prepare import default_path, ensure_dataset
 from data.shards import read_split
 from dist.checkpoint import check_compatible, load_checkpoint, model_weights
 from dist.config import check_model
+from dist.cores import my_cores
 from dist.errors import ExpectedError
 
 
@@ -54,7 +54,7 @@ def predict_scores(model: Model, images: np.ndarray, batch_size: int | None = No
     tta: test-time augmentation, the outputs averaged over each image and its first `tta`
     one-pixel shifts (data/pipeline.py, TTA_SHIFTS); 0 = the image alone."""
     batch_size = batch_size or eval_batch_size(model)
-    threads = threads or len(os.sched_getaffinity(0))
+    threads = threads or len(my_cores())
     net = Replicas(model, threads) if threads > 1 and len(images) > 1 else model
     out = np.zeros((len(images), 10), dtype=np.float32)
     for i in range(0, len(images), batch_size):

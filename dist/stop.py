@@ -10,8 +10,9 @@ step boundary with a checkpoint of that exact step, instead of losing the work s
 
 Who sends what: Slurm sends SIGTERM to every task on preemption, ``scancel`` and at the time
 limit (``--signal=USR1@120`` asks for SIGUSR1 two minutes earlier); MPICH's ``mpirun``
-(Hydra) forwards SIGINT, SIGTERM and SIGUSR1 to every rank; a user may signal one rank. The handler only records the signal, so a
-rank in the middle of a GEMM or an MPI call finishes it first.
+(Hydra) forwards SIGINT, SIGTERM and SIGUSR1 to every rank; a user may signal one rank. The
+handler only records the signal, so a rank in the middle of a GEMM or an MPI call finishes it
+first.
 
 Agreement costs ~nothing per step: each step boundary completes the 4-byte non-blocking
 allreduce (MAX) started at the previous boundary -- long done by then -- and starts the next
@@ -19,9 +20,9 @@ with this rank's flag. So every rank learns of a signal one step after it arrive
 the same step, whichever rank it reached.
 
 A second signal while stopping means "now": it raises KeyboardInterrupt, whose handler in
-dist/collective.py (run_main) removes MPI's /dev/shm file and aborts the job (exit 130). A second
-Ctrl-C to ``mpirun`` itself makes Hydra kill the ranks at once ("Press Ctrl-C again to force
-abort"); nothing of ours can run then: ``python -m dist.shm`` cleans up after it.
+dist/collective.py (run_main) removes MPI's /dev/shm file and aborts the job (exit 130). A
+second Ctrl-C to ``mpirun`` itself makes Hydra kill the ranks at once ("Press Ctrl-C again to
+force abort"); nothing of ours can run then: ``python -m dist.shm`` cleans up after it.
 
 Exit status of a stopped job: 128 + the signal number, as a shell reports a death by that
 signal (SIGINT 130, SIGUSR1 138, SIGTERM 143), after the checkpoint is safely on disk.

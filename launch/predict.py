@@ -73,7 +73,8 @@ def expand_inputs(args: list[str]) -> tuple[list[Path], list[str]]:
 
 
 # The model shipped in the repository, used when no checkpoint is named: one compact checkpoint
-# (best/model.h5), or an ensemble (ensemble/member-*/model.h5). $MPIGRAD_MODELS points elsewhere.
+# (best/model.h5), or an ensemble (ensemble/: the model files its ensemble.json lists).
+# $MPIGRAD_MODELS points elsewhere.
 SHIPPED_MODELS = Path(__file__).resolve().parent / "models"
 HOW_TO_GET_A_MODEL = ("no model: name a checkpoint or run folder, or train one with "
                       "`mpirun -n 2 python -m dist.train --preset best` and pass its run folder "
@@ -142,9 +143,10 @@ def model_files(path: Path) -> list[Path]:
         return [path]          # load_checkpoint says what is wrong with it, naming it
     if (path / "ensemble.json").is_file():
         return listed_models(path)
-    if checkpoint_in(path) is None and ensemble_members(path):
+    members = ensemble_members(path) if checkpoint_in(path) is None else []
+    if members:
         files = []
-        for member in ensemble_members(path):
+        for member in members:
             found = run_folder_models(member)
             if not found:
                 raise ExpectedError(f"{member}: ensemble member without best.h5, model.h5, "

@@ -34,9 +34,9 @@ from data.errors import UserError
 from data.hdf5 import open_mnist
 from data.prepare import ensure_dataset
 from data.shards import read_split
-from dist.checkpoint import load_checkpoint
+from dist.checkpoint import check_compatible, load_checkpoint
 from dist.errors import ExpectedError
-from dist.evaluate import evaluate, model_from_checkpoint, predict_scores, scores_to_proba
+from dist.evaluate import evaluate, model_of, predict_scores, scores_to_proba
 from launch.trace import analyse, plot_timeline, read_trace, summary_lines
 
 # The backend is chosen before pyplot is imported: files only, no display needed.
@@ -215,9 +215,11 @@ def build_report(run_dir: Path, out_dir: Path, data_path: str | None) -> dict:
     records = read_metrics(run_dir)
     ckpt_path = pick_checkpoint(run_dir)
     # As dist.evaluate does: the checkpoint names its data; the fingerprint must match it.
-    data_cfg = load_checkpoint(ckpt_path, resumable=False).config.get("data", {})
+    ckpt = load_checkpoint(ckpt_path, resumable=False)
+    data_cfg = ckpt.config.get("data", {})
     path = ensure_dataset(data_path or data_cfg.get("path") or None, quiet=True)
-    model, ckpt = model_from_checkpoint(ckpt_path, open_mnist(path).fingerprint)
+    check_compatible(ckpt, expect_fingerprint=open_mnist(path).fingerprint)
+    model = model_of(ckpt)
     loss = ckpt.config["model"]["loss"]
     images, labels, indices = read_split(path, "test", split_seed=data_cfg.get("split_seed", 0),
                                          val_size=data_cfg.get("val_size", 5000))

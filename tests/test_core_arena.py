@@ -2,7 +2,7 @@
 model.theta / model.grad / model.state, and stays one through forward, backward and
 optimizer steps.
 
-    /work/venv/bin/pytest tests/test_core_arena.py -q
+    pytest tests/test_core_arena.py -q
 """
 import numpy as np
 

@@ -3,7 +3,7 @@ through a real exchanging `reduce` must compute exactly what one process compute
 whole batch -- outputs, input gradients, parameter gradients (after summing, as the
 allreduce does) and running statistics.
 
-    /work/venv/bin/pytest tests/test_core_batchnorm_reduce.py -q
+    pytest tests/test_core_batchnorm_reduce.py -q
 """
 import threading
 

@@ -1,6 +1,6 @@
 """The moving average of the weights: the formula, slices, and its batch-norm statistics.
 
-    /work/venv/bin/pytest tests/test_core_ema.py -q
+    pytest tests/test_core_ema.py -q
 """
 import numpy as np
 import pytest

@@ -1,7 +1,7 @@
 """Counter-based randomness: a sample's numbers depend on (seed, epoch, global index,
 stream, position) only -- not on the batch it sits in or the rank that holds it.
 
-    /work/venv/bin/pytest tests/test_core_keyed_random.py -q
+    pytest tests/test_core_keyed_random.py -q
 """
 import numpy as np
 import pytest

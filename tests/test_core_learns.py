@@ -4,7 +4,7 @@ The samples are synthetic "digits": each class is a fixed random stroke pattern 
 a 28x28 canvas, and each sample is its class pattern shifted by up to 2 pixels plus
 noise, so the models must learn something translation-tolerant, not a lookup of pixels.
 
-    /work/venv/bin/pytest tests/test_core_learns.py -q
+    pytest tests/test_core_learns.py -q
 """
 import numpy as np
 

@@ -1,6 +1,6 @@
 """SGD against hand-computed numbers, argument validation, and the lr schedules.
 
-    /work/venv/bin/pytest tests/test_core_optim.py -q
+    pytest tests/test_core_optim.py -q
 """
 import math
 

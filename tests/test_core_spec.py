@@ -1,7 +1,7 @@
 """Model specs: normalization, describe() against hand-computed counts, and the one-line
 errors a user gets for a bad spec.
 
-    /work/venv/bin/pytest tests/test_core_spec.py -q
+    pytest tests/test_core_spec.py -q
 """
 import json
 

@@ -45,7 +45,7 @@ DESKEW_RAW = '{type="deskew", before_augment=true}'       # before augmentation
 
 def conv_layers(dropout: bool, batchnorm: bool, deskew: str = "") -> str:
     """conv3x3(32)-pool-conv3x3(64)-pool-dense128-dense10, optionally with BN and dropout,
-    and optionally after a deskew layer (DESKEW or DESKEW_RAW)."""
+    and optionally after a deskew entry (DESKEW or DESKEW_RAW)."""
     bn = '{type="batchnorm"}, ' if batchnorm else ""
     drop = '{type="dropout", p=0.3}, ' if dropout else ""
     first = deskew + ", " if deskew else ""
