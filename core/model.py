@@ -10,6 +10,9 @@ same layout; each layer's W, b (and dW, db) are reshaped views into them.  So th
 allreduce of a step is one call on `grad`, the optimizer works on two flat vectors, and a
 checkpoint stores a handful of arrays.  `state` holds the non-trainable BatchNorm running
 statistics the same way.  Views must never be rebound -- tests/test_core_arena.py checks.
+Two masks laid out like theta mark, with 1, the elements the optimizer treats apart:
+`decay_mask` the weights (weight decay), `bn_mask` the BatchNorm gammas and betas (a
+learning-rate scale of their own; core/optim.py).
 
 Initialization (seeded by `seed` through np.random.default_rng): a weight followed --
 possibly after batchnorm, maxpool, dropout or flatten -- by a ReLU gets He-normal,
@@ -43,7 +46,7 @@ class Model:
         self.spec, self.layers = build_layers(spec, self.input_shape)
         self.output_shape = self.layers[-1].out_shape
 
-        # --- the arena: one vector each for params, grads, weight-decay mask, state ------
+        # --- the arena: one vector each for params, grads, the two masks, state -----------
         n_params = sum(int(np.prod(s)) for l in self.layers for s in l.param_shapes.values())
         n_state = sum(int(np.prod(s)) for l in self.layers for s in l.state_shapes.values())
         # theta=: another model's parameters, shared (a replica's; see replica()).
@@ -53,6 +56,7 @@ class Model:
         self.theta = np.zeros(n_params, self.dtype) if theta is None else theta
         self.grad = np.zeros(n_params, self.dtype)
         self.decay_mask = np.zeros(n_params, self.dtype)
+        self.bn_mask = np.zeros(n_params, self.dtype)
         self.state = np.zeros(n_state, self.dtype)
         p = s = 0
         self.param_offsets = []                 # where each layer's parameters begin in theta
@@ -63,6 +67,8 @@ class Model:
                 layer.bind(name, self.theta[p:p + n].reshape(shape), self.grad[p:p + n].reshape(shape))
                 if name in layer.decay:
                     self.decay_mask[p:p + n] = 1
+                if isinstance(layer, BatchNorm):
+                    self.bn_mask[p:p + n] = 1
                 p += n
             for name, shape in layer.state_shapes.items():
                 n = int(np.prod(shape))

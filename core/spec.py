@@ -127,9 +127,10 @@ def build_layers(spec, input_shape):
     return spec, layers
 
 
-# Floats kept per trainable parameter: theta, grad, momentum, the optimizer's scratch and the
-# weight-decay mask (core/model.py, core/optim.py).
-FLOATS_PER_PARAM = 5
+# Floats kept per trainable parameter: theta, grad, momentum, the optimizer's scratch, the
+# weight-decay and batch-norm masks and the optimizer's lr scale, when it has one
+# (core/model.py, core/optim.py).
+FLOATS_PER_PARAM = 7
 # Floats per activation element during a training step: the layer's cached output, the
 # gradient flowing back, and a buffer of the same size (bounds what each layer allocates).
 FLOATS_PER_ACTIVATION = 3

@@ -65,6 +65,8 @@ class OptimConfig:
     momentum: float = _f(0.9, "momentum coefficient in [0, 1)")
     nesterov: bool = _f(False, "Nesterov momentum instead of heavy-ball")
     weight_decay: float = _f(0.0, "L2 weight decay on weights (not biases / batch-norm)")
+    bn_lr_scale: float = _f(1.0, "batch-norm gamma and beta train at this multiple of the "
+                                 "learning rate (1 = the same lr; core/optim.py)")
     ema_decay: float = _f(0.0, "moving average of the weights, e.g. 0.999; the average is the "
                                "model (0 = off; core/ema.py)")
 
@@ -286,6 +288,7 @@ def validate(cfg: Config) -> None:
     need(0 <= o.momentum < 1, "optim.momentum", o.momentum, "must be in [0, 1)")
     need(not o.nesterov or o.momentum > 0, "optim.nesterov", o.nesterov, "needs momentum > 0")
     need(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
+    need(0 < o.bn_lr_scale <= 100, "optim.bn_lr_scale", o.bn_lr_scale, "must be in (0, 100]")
     need(o.ema_decay == 0 or 0.5 <= o.ema_decay < 1, "optim.ema_decay", o.ema_decay,
          "must be 0 (off) or in [0.5, 1)")
     need(s.kind in SCHEDULE_KINDS, "schedule.kind", s.kind,

@@ -116,9 +116,14 @@ def build_model(cfg, comm: Comm) -> Model:
 
 def build_optimizer(cfg, model: Model, steps: int):
     """SGD on the flat arena and the learning rate as a pure function of the global step."""
+    # Batch norm's gamma and beta at optim.bn_lr_scale times the lr: a scale vector only when
+    # it is not 1, so that the default step is the plain one, bit for bit.
+    scale = cfg.optim.bn_lr_scale
+    lr_scale = None if scale == 1 else np.where(model.bn_mask == 1, scale, 1.0)
     try:
         opt = SGD(model.theta.size, momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov,
-                  weight_decay=cfg.optim.weight_decay, decay_mask=model.decay_mask)
+                  weight_decay=cfg.optim.weight_decay, decay_mask=model.decay_mask,
+                  lr_scale=lr_scale)
         lr_at = make_schedule(cfg.schedule.kind, cfg.optim.lr,
                               total_steps=cfg.train.epochs * steps,
                               warmup_steps=round(cfg.schedule.warmup_epochs * steps),

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from core.model import Model
 from core.optim import SGD
 from core.schedules import make_schedule
 
@@ -57,13 +58,17 @@ def test_plain_sgd_and_grad_untouched():
     assert theta.dtype == np.float32
 
 
-def test_slices_updated_one_by_one_equal_the_whole_update():
-    """dist/update.py: each rank updates its slice from the gradient of that slice only."""
+@pytest.mark.parametrize("nesterov,scaled", [(True, False), (True, True), (False, True)])
+def test_slices_updated_one_by_one_equal_the_whole_update(nesterov, scaled):
+    """dist/update.py: each rank updates its slice from the gradient of that slice only
+    (with an lr scale: the scale's slice goes with it)."""
     rng = np.random.default_rng(0)
     n = 3 * SGD.BLOCK + 7                                   # slices and blocks that do not align
     theta0, mask = rng.standard_normal(n, dtype=np.float32), (rng.random(n) > 0.1)
     grads = [rng.standard_normal(n, dtype=np.float32) for _ in range(3)]
-    kw = dict(momentum=0.9, nesterov=True, weight_decay=5e-4, decay_mask=mask)
+    scale = rng.uniform(0.5, 8, n) if scaled else None      # a different factor everywhere
+    kw = dict(momentum=0.9, nesterov=nesterov, weight_decay=5e-4, decay_mask=mask,
+              lr_scale=scale)
     whole, sliced = SGD(n, **kw), SGD(n, **kw)
     theta_whole, theta_sliced = theta0.copy(), theta0.copy()
     cuts = [0, 1000, SGD.BLOCK + 5, n]
@@ -73,6 +78,74 @@ def test_slices_updated_one_by_one_equal_the_whole_update():
             sliced.step(theta_sliced, g[lo:hi].copy(), 0.05, lo=lo)
     assert theta_whole.tobytes() == theta_sliced.tobytes()
     assert whole.velocity.tobytes() == sliced.velocity.tobytes()
+
+
+def test_lr_scale_moves_its_elements_that_many_times_as_far():
+    # Momentum 0, no decay, theta 0: one step is -lr * s * grad, so with the same gradient
+    # on every element the scaled ones move exactly 3 times as far.
+    mask = np.array([0, 1, 0, 1, 1], np.float32)
+    theta = np.zeros(5, np.float32)
+    SGD(5, momentum=0.0, lr_scale=1 + 2 * mask).step(theta, np.full(5, 0.7, np.float32), 0.1)
+    assert (theta[mask == 0] == np.float32(-0.7) * np.float32(0.1)).all()
+    assert (theta[mask == 1] == 3 * theta[0]).all() and theta[0] != 0
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_lr_scale_by_hand(nesterov):
+    # theta[1] at 3 x lr: both of its steps are 3 times the plain ones (velocity is unscaled).
+    first, theta, v = two_steps(momentum=0.9, nesterov=nesterov)
+    first_s, theta_s, v_s = two_steps(momentum=0.9, nesterov=nesterov, lr_scale=[1.0, 3.0])
+    start = np.array([1.0, -2.0])
+    np.testing.assert_array_equal(v_s, v)
+    assert first_s[0] == first[0] and theta_s[0] == theta[0]
+    np.testing.assert_allclose(first_s[1] - start[1], 3 * (first[1] - start[1]), rtol=1e-12)
+    np.testing.assert_allclose(theta_s[1] - first_s[1], 3 * (theta[1] - first[1]), rtol=1e-12)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_an_lr_scale_of_ones_is_the_plain_step_bit_for_bit(nesterov):
+    rng = np.random.default_rng(1)
+    n = SGD.BLOCK + 3
+    kw = dict(momentum=0.9, nesterov=nesterov, weight_decay=5e-4,
+              decay_mask=rng.random(n) > 0.3)
+    plain, ones = SGD(n, **kw), SGD(n, lr_scale=np.ones(n), **kw)
+    theta_plain = rng.standard_normal(n, dtype=np.float32)
+    theta_ones = theta_plain.copy()
+    for lr in (0.1, 0.05, 0.02):
+        g = rng.standard_normal(n, dtype=np.float32)
+        plain.step(theta_plain, g, lr)
+        ones.step(theta_ones, g, lr)
+    assert theta_ones.tobytes() == theta_plain.tobytes()
+    assert ones.velocity.tobytes() == plain.velocity.tobytes()
+
+
+def test_a_batch_norm_lr_scale_moves_batch_norm_only():
+    # core/model.py marks gamma and beta of every BatchNorm in bn_mask; one step from the same
+    # theta and gradient with 4 x lr there leaves every other parameter bit for bit where the
+    # plain step puts it, and moves gamma and beta 4 times as far.
+    model = Model([{"type": "conv", "out": 4, "kernel": 3, "pad": 1}, {"type": "batchnorm"},
+                   {"type": "relu"}, {"type": "flatten"}, {"type": "dense", "out": 8},
+                   {"type": "batchnorm"}, {"type": "relu"}, {"type": "dense", "out": 10}],
+                  input_shape=(6, 6, 1), seed=3)
+    bn = [(model.param_offsets[i], model.param_offsets[i] + 2 * layer.gamma.size)
+          for i, layer in enumerate(model.layers) if layer.type_name == "batchnorm"]
+    expected = np.zeros(model.theta.size, bool)
+    for lo, hi in bn:
+        expected[lo:hi] = True
+    assert (model.bn_mask == expected).all() and expected.sum() == 2 * (4 + 8)
+
+    rng = np.random.default_rng(2)
+    model.forward(rng.standard_normal((16, 6, 6, 1)), train=True)
+    model.backward(rng.standard_normal((16, 10)))
+    theta0 = model.theta.copy()
+    kw = dict(momentum=0.9, weight_decay=5e-4, decay_mask=model.decay_mask)
+    plain, scaled = theta0.copy(), theta0.copy()
+    SGD(theta0.size, **kw).step(plain, model.grad, 0.05)
+    SGD(theta0.size, lr_scale=1 + 3 * model.bn_mask, **kw).step(scaled, model.grad, 0.05)
+    assert scaled[~expected].tobytes() == plain[~expected].tobytes()
+    moved = theta0[expected] - plain[expected]
+    assert (moved != 0).all()
+    np.testing.assert_allclose(theta0[expected] - scaled[expected], 4 * moved, rtol=1e-5)
 
 
 def test_a_slice_must_fit():
@@ -88,6 +161,9 @@ def test_a_slice_must_fit():
     ({"weight_decay": float("nan")}, "weight_decay"),
     ({"momentum": 0.0, "nesterov": True}, "nesterov=True requires momentum > 0"),
     ({"decay_mask": np.ones(3)}, "decay_mask must have shape \\(4,\\)"),
+    ({"lr_scale": np.ones(3)}, "lr_scale must have shape \\(4,\\)"),
+    ({"lr_scale": np.array([1, 1, 0, 1])}, "lr_scale must be finite and > 0 everywhere"),
+    ({"lr_scale": np.array([1, np.inf, 1, 1])}, "lr_scale must be finite"),
 ])
 def test_bad_optimizer_arguments(kw, message):
     with pytest.raises(ValueError, match=message):

@@ -1,6 +1,7 @@
 """Config loading and validation, in process: every mistake is one line that names the key."""
 import json
 
+import numpy as np
 import pytest
 
 from dist.errors import ExpectedError
@@ -56,6 +57,9 @@ def test_overrides_are_typed_toml_values():
     ("optim.lr", "expected KEY=VALUE"),
     ("model.label_smoothing=0.5", "model.label_smoothing=0.5: must be in [0, 0.5)"),
     ("schedule.kind=triangle", "schedule.kind='triangle'"),
+    ("optim.bn_lr_scale=0", "optim.bn_lr_scale=0.0: must be in (0, 100]"),
+    ("optim.bn_lr_scale=101", "optim.bn_lr_scale=101.0: must be in (0, 100]"),
+    ("optim.bn_lr_scale=nan", "optim.bn_lr_scale must be a finite number, got nan"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ExpectedError) as err:
@@ -103,9 +107,21 @@ def test_saved_config_json_reproduces_the_run_config(tmp_path):
 
 def test_help_lists_every_field():
     text = help_text()
-    for key in ("optim.lr", "train.batch_size", "schedule.warmup_epochs", "run.threads",
-                "data.val_size", "model.layers"):
+    for key in ("optim.lr", "optim.bn_lr_scale", "train.batch_size", "schedule.warmup_epochs",
+                "run.threads", "data.val_size", "model.layers"):
         assert key in text
+
+
+def test_bn_lr_scale_reaches_the_optimizer_only_when_set():
+    # The default builds no scale vector (the plain step); 4 puts 4 on batch norm's elements.
+    from core.model import Model
+    from dist.train import build_optimizer
+    cfg = load_config("fast")
+    model = Model(cfg.model.layers)
+    assert cfg.optim.bn_lr_scale == 1.0 and build_optimizer(cfg, model, 10)[0].lr_scale is None
+    opt, _ = build_optimizer(load_config("fast", overrides=["optim.bn_lr_scale=4"]), model, 10)
+    assert 0 < model.bn_mask.sum() < model.bn_mask.size
+    assert (opt.lr_scale == np.where(model.bn_mask == 1, 4, 1)).all()
 
 
 def test_a_saved_config_with_a_retired_key_still_loads():

@@ -32,10 +32,12 @@ def test_one_two_and_four_ranks_reach_the_same_parameters(mnist_h5, tmp_path):
 def test_elastic_distortion_and_the_moving_average_are_world_size_invariant(mnist_h5, tmp_path):
     # Elastic fields keyed by global sample index; the average kept slice by slice (a rank
     # averages the slice it updates): 1 and 2 ranks reach the same weights and average.
-    # Label smoothing and the one-cycle schedule ride along (issue 28's keys).
+    # Label smoothing and the one-cycle schedule ride along (issue 28's keys), and batch norm
+    # at 4 x lr (the lr scale is sliced with the rank's slice of theta).
     extra = ("--set", "data.augment=true", "--set", "data.elastic_alpha=34",
              "--set", "data.elastic_sigma=4", "--set", "optim.ema_decay=0.9",
-             "--set", "model.label_smoothing=0.1", "--set", "schedule.kind=onecycle")
+             "--set", "model.label_smoothing=0.1", "--set", "schedule.kind=onecycle",
+             "--set", "optim.bn_lr_scale=4")
     arrays = {}
     for ranks in (1, 2):
         result = run_job(ranks, small_run_args(mnist_h5, tmp_path, f"e{ranks}", *extra),

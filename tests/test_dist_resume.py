@@ -65,11 +65,12 @@ def test_killed_and_resumed_run_is_bitwise_identical(mnist_h5, tmp_path):
 
 def test_killed_and_resumed_run_with_the_new_switches_is_bitwise_identical(mnist_h5, tmp_path):
     # Elastic distortion, the moving average of the weights and a cyclic schedule with its
-    # snapshots: all are functions of the counters and of what the checkpoint saves.
+    # snapshots: all are functions of the counters and of what the checkpoint saves (batch
+    # norm's lr scale, of the config the checkpoint carries).
     extra = (*EXTRA, "--set", "data.augment=true", "--set", "data.elastic_alpha=34",
              "--set", "data.elastic_sigma=4", "--set", "optim.ema_decay=0.9",
              "--set", "schedule.kind=cyclic", "--set", "schedule.cycles=2",
-             "--set", "model.label_smoothing=0.1")
+             "--set", "model.label_smoothing=0.1", "--set", "optim.bn_lr_scale=4")
     full_and_killed_then_resumed(mnist_h5, tmp_path, *extra)
     for name in ("ckpt-e002-s00000.h5", "snapshot-c01.h5", "snapshot-c02.h5"):
         with h5py.File(tmp_path / "full" / name, "r") as a, \
