@@ -2,8 +2,10 @@
 
 A one-node cluster on localhost (tests/slurm_cluster.py: Debian's slurm-wlm and munge, which
 .ci/run installs). The job (2 tasks, `srun --mpi=pmi2`, the mpich wheel) trains mlp for two
-epochs of 120 steps; once epoch 1's checkpoint exists, `scontrol requeue` does what a
-preemption does: SIGTERM to every task, then the job goes back in the queue. The trainer stops
+epochs of 400 steps, about 2 s each here (the requeue must land inside epoch 2; 120 steps once
+took 0.5 s and the signal came after the last step). Once epoch 1's checkpoint exists,
+`scontrol requeue` does what a preemption does: SIGTERM to every task, then the job goes back
+in the queue. The trainer stops
 at the next step with a checkpoint of it; the requeued job (same job id, same run name,
 `--resume auto`) continues it, and its final weights equal an uninterrupted run's bit for bit.
 
@@ -22,7 +24,7 @@ from tests.slurm_cluster import SlurmCluster, missing
 
 pytestmark = pytest.mark.timeout(240)
 
-TRAIN = ["--preset", "mlp", "--set", "train.epochs=2", "--set", "train.steps_per_epoch=120",
+TRAIN = ["--preset", "mlp", "--set", "train.epochs=2", "--set", "train.steps_per_epoch=400",
          "--set", "data.val_size=1000", "--set", "run.keep_last=10"]
 
 
@@ -60,7 +62,7 @@ def test_preempted_job_resumes_bitwise(cluster, mnist_h5, tmp_path):
             f"{cluster.job_state(job)}: {log.read_text() if log.exists() else ''}"
         assert time.monotonic() < deadline, "epoch 1 never ended"
         time.sleep(0.1)
-    time.sleep(0.5)                                     # into epoch 2
+    time.sleep(0.2)                     # into epoch 2, well before its end
     assert subprocess.run(["scontrol", "requeue", job], env=e).returncode == 0
 
     cluster.wait_state(job, {"PENDING"}, timeout=60)
