@@ -15,6 +15,8 @@ the GEMM is already NHWC.  Backward is two more GEMMs:
     dx    = a convolution of the padded dy with the flipped kernel (im2col + GEMM); for
             stride s, one such stride-1 convolution per phase (input rows and columns
             mod s) with the kernel taps that reach that phase (Conv2D._dx_by_phases)
+    dx    = col2im(dy @ W^T) instead, for stride 1 where the padding around dy would be
+            a large part of the work (a 'valid' 5x5 convolution; Conv2D._dx_by_col2im)
 
 One input channel (the first layer, which sees the image) gets its own layout: cols
 transposed, (kh*kw + 1, B*Ho*Wo), with a row of ones that carries the bias through the GEMM
@@ -26,6 +28,11 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from core.layers import Layer, REQUIRED, column_sum, per_channel, sample_chunks
+
+
+# dx by col2im (Conv2D._dx_by_col2im) when the correlation of the padded dy would do at
+# least this many times its multiply-adds (H*W / (Ho*Wo)); measured: launch/docs/benchmarks.md.
+COL2IM_WASTE = 1.3
 
 
 def _windows(x, kh, kw, stride, ho, wo):
@@ -69,6 +76,8 @@ class Conv2D(Layer):
             self.fail(f"'kernel' {kernel} does not fit the {h}x{w} input with 'pad' {pad} "
                       f"(output size would be <= 0)")
         self.param_shapes = {"W": (kernel, kernel, c, out), "b": (out,)}
+        # dx by col2im where the padded correlation would multiply many zeros (see below).
+        self.col2im = stride == 1 and h * w >= COL2IM_WASTE * self.ho * self.wo
 
     def output_shape(self, input_shape):
         return (self.ho, self.wo, self.out)
@@ -163,7 +172,41 @@ class Conv2D(Layer):
             column_sum(dy2, out=self.db)                           # (Cout,)
         if not self.need_dx:
             return None
-        return self._dx_by_phases(dy)
+        return self._dx_by_col2im(dy) if self.col2im else self._dx_by_phases(dy)
+
+    def _dx_by_col2im(self, dy):
+        """dL/dx for stride 1 as the transpose of forward's im2col + GEMM:
+
+            dcols = dy @ W^T      (n*Ho*Wo, Cout) @ (Cout, kh*kw*Cin), a chunk's samples
+            dxp[b, u + i, v + j, :] += dcols[b, u, v, i, j, :]    for every offset (i, j)
+
+        and dx is the padded dxp without its border.  It multiplies each (kernel offset,
+        output pixel) pair once, as forward does; the correlation of the padded dy
+        (_dx_by_phases) also multiplies the zeros around dy, H*W / (Ho*Wo) times the work:
+        2.25x for a 5x5 'valid' convolution of 12x12 inputs.  The price is the scatter: k*k
+        strided adds per chunk, whose inner loop runs over only Cin numbers; so col2im is
+        used where that waste is large (COL2IM_WASTE, measured: launch/docs/benchmarks.md)."""
+        b, h, w, c = self.x_shape
+        k, p, ho, wo = self.k, self.p, self.ho, self.wo
+        kdim, hw = k * k * c, ho * wo
+        dy2 = dy.reshape(b * hw, self.out)
+        Wt = self.W.reshape(kdim, self.out).T                      # (Cout, K), a view
+        dxp = self._buffer("dxp", (b, h + 2 * p, w + 2 * p, c), dy.dtype)
+        dxp[...] = 0                                               # the scatter adds into it
+        chunks = sample_chunks(b, hw * kdim)
+        for i, j in chunks:
+            dcols = self._buffer("dcols", (chunks[0][1] * hw, kdim), dy.dtype)[:(j - i) * hw]
+            np.matmul(dy2[i * hw:j * hw], Wt, out=dcols)           # (n*Ho*Wo, K)
+            dcols = dcols.reshape(j - i, ho, wo, k, k, c)
+            part = dxp[i:j]
+            for u in range(k):
+                for v in range(k):
+                    part[:, u:u + ho, v:v + wo, :] += dcols[:, :, :, u, v, :]
+        if p == 0:
+            return dxp
+        dx = self._buffer("dx", self.x_shape, dy.dtype)
+        dx[...] = dxp[:, p:p + h, p:p + w, :]                      # contiguous, for the layer below
+        return dx
 
     def _phase_taps(self, a, pad):
         """The kernel offsets i that reach input rows a, a+s, a+2s, ... (phase a), sorted so

@@ -85,27 +85,30 @@ def reference_conv(x, W, b, stride, pad, dy):
 @pytest.mark.parametrize("k,s,p,hw", [(3, 1, 0, (7, 6)), (3, 1, 1, (6, 6)), (5, 2, 2, (8, 8)),
                                       (5, 2, 2, (9, 7)), (3, 2, 0, (7, 8)), (2, 2, 1, (5, 6)),
                                       (1, 2, 0, (5, 5)), (3, 3, 1, (7, 8)), (2, 1, 2, (4, 3)),
-                                      (4, 3, 3, (6, 5))])
+                                      (4, 3, 3, (6, 5)), (5, 1, 0, (12, 12)), (5, 1, 1, (9, 8))])
 def test_conv_equals_the_textbook(k, s, p, hw):
     # dx by phases (one stride-1 convolution per input phase, Conv2D._dx_by_phases), including
-    # kernels smaller than the stride (phases no tap reaches) and pads larger than k - 1.
+    # kernels smaller than the stride (phases no tap reaches) and pads larger than k - 1; and
+    # for stride 1 also by col2im (Conv2D._dx_by_col2im), whichever the layer would choose.
     shape = hw + (3,)
-    model = Model([{"type": "conv", "out": 4, "kernel": k, "stride": s, "pad": p}], shape,
-                  dtype=np.float64)
-    conv = model.layers[0]
-    rng = np.random.default_rng(k * 100 + s * 10 + p)
-    model.theta[:] = rng.standard_normal(model.theta.size)
-    x = rng.standard_normal((3,) + shape)
-    dy = rng.standard_normal((3,) + model.output_shape)
-    for _ in range(2):                                     # reused buffers: same results again
-        y = model.forward(x, True)
-        dx = model.backward(dy, input_grad=True)
-        ref = reference_conv(x, conv.W, conv.b, s, p, dy)
-        np.testing.assert_allclose(y, ref[0], rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(dx, ref[1], rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(conv.dW, ref[2], rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(conv.db, ref[3], rtol=1e-12, atol=1e-12)
-        y[...] = dx[...] = np.nan       # the layers around may write into these arrays
+    for col2im in ([False, True] if s == 1 else [False]):
+        model = Model([{"type": "conv", "out": 4, "kernel": k, "stride": s, "pad": p}], shape,
+                      dtype=np.float64)
+        conv = model.layers[0]
+        conv.col2im = col2im
+        rng = np.random.default_rng(k * 100 + s * 10 + p)
+        model.theta[:] = rng.standard_normal(model.theta.size)
+        x = rng.standard_normal((3,) + shape)
+        dy = rng.standard_normal((3,) + model.output_shape)
+        for _ in range(2):                                 # reused buffers: same results again
+            y = model.forward(x, True)
+            dx = model.backward(dy, input_grad=True)
+            ref = reference_conv(x, conv.W, conv.b, s, p, dy)
+            np.testing.assert_allclose(y, ref[0], rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(dx, ref[1], rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(conv.dW, ref[2], rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(conv.db, ref[3], rtol=1e-12, atol=1e-12)
+            y[...] = dx[...] = np.nan   # the layers around may write into these arrays
 
 
 SMALL_BEST = [{"type": "conv", "out": 6, "kernel": 3}, {"type": "batchnorm"}, {"type": "relu"},
@@ -121,7 +124,25 @@ SMALL_CNN = [{"type": "conv", "out": 6, "kernel": 3, "pad": 1}, {"type": "maxpoo
              {"type": "dense", "out": 10}]
 
 
-@pytest.mark.parametrize("spec", [SMALL_BEST, SMALL_CNN], ids=["best", "cnn"])
+SMALL_FAST = [{"type": "conv", "out": 4, "kernel": 5}, {"type": "maxpool", "kernel": 2},
+              {"type": "batchnorm"}, {"type": "relu"}, {"type": "conv", "out": 6, "kernel": 3},
+              {"type": "maxpool", "kernel": 2}, {"type": "batchnorm"}, {"type": "relu"},
+              {"type": "flatten"}, {"type": "dense", "out": 10}]
+
+
+def test_the_layer_chooses_col2im_where_the_padding_would_be_most_of_the_work():
+    """Stride 1 and H*W >= COL2IM_WASTE * Ho*Wo, at the presets' own shapes (benchmarks.md)."""
+    def conv(size, channels, kernel, stride=1, pad=0):
+        spec = [{"type": "conv", "out": 8, "kernel": kernel, "stride": stride, "pad": pad}]
+        return Model(spec, (size, size, channels)).layers[0]
+    assert conv(12, 32, 5).col2im                          # fast-5min's second: 144/64, 2.25x
+    assert conv(12, 32, 3).col2im                          # best's 12 -> 10: 1.44x
+    assert not conv(26, 32, 3).col2im                      # best's 26 -> 24: 1.17x
+    assert not conv(24, 32, 5, stride=2, pad=2).col2im     # stride 2: by phases
+    assert not conv(12, 32, 5, pad=2).col2im               # 'same' padding: 1x
+
+
+@pytest.mark.parametrize("spec", [SMALL_BEST, SMALL_CNN, SMALL_FAST], ids=["best", "cnn", "fast"])
 def test_layers_in_chunks_equal_one_pass(monkeypatch, spec):
     # Conv, batch norm and max-pool go through the batch in chunks of samples that fit the
     # cache (core/layers.py, sample_chunks): in float64, many small chunks compute what one
