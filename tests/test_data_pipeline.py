@@ -268,6 +268,7 @@ def test_where_to_deskew_reads_the_first_entry_of_the_spec_as_written_or_normali
     assert where_to_deskew([{"type": "deskew", "before_augment": True}]) == "raw"
     assert where_to_deskew(load_config("best-deskew").model.layers) == "input"
     assert where_to_deskew(load_config("best-deskew-raw").model.layers) == "raw"
+    assert where_to_deskew(load_config("fast-5min-deskew").model.layers) == "input"
     assert where_to_deskew(load_config("best").model.layers) is None
 
 
