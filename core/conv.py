@@ -194,8 +194,9 @@ class Conv2D(Layer):
         dxp = self._buffer("dxp", (b, h + 2 * p, w + 2 * p, c), dy.dtype)
         dxp[...] = 0                                               # the scatter adds into it
         chunks = sample_chunks(b, hw * kdim)
+        dcols_buffer = self._buffer("dcols", (chunks[0][1] * hw, kdim), dy.dtype)
         for i, j in chunks:
-            dcols = self._buffer("dcols", (chunks[0][1] * hw, kdim), dy.dtype)[:(j - i) * hw]
+            dcols = dcols_buffer[:(j - i) * hw]
             np.matmul(dy2[i * hw:j * hw], Wt, out=dcols)           # (n*Ho*Wo, K)
             dcols = dcols.reshape(j - i, ho, wo, k, k, c)
             part = dxp[i:j]
@@ -227,10 +228,10 @@ class Conv2D(Layer):
         (dy read as 0 outside the image), Wsub_ac = W[taps_a][:, taps_c], (T_a, T_c, Cin, Cout).
         Each phase is a chunked im2col + GEMM writing its rows of dx; no window overlaps, so
         nothing is added back (a col2im scatter of k*k strided adds whose inner loop runs over
-        only Cin numbers is several times slower).  For s = 1 it is the single phase: dx is the
-        correlation of dy, zero-padded by k-1-p, with the flipped kernel.  The number of
-        multiply-adds is that of the dx GEMM in im2col form: each (kernel offset, output pixel)
-        pair is used once."""
+        only Cin numbers is slower, except where the padding below dominates).  For s = 1 it
+        is the single phase: dx is the correlation of dy, zero-padded by k-1-p, with the
+        flipped kernel, H*W / (Ho*Wo) times the multiply-adds of forward's GEMM, since it also
+        multiplies those zeros; where that ratio is large, _dx_by_col2im is used instead."""
         b, h, w, c = self.x_shape
         s, p, ho, wo = self.s, self.p, self.ho, self.wo
         rows = [(a,) + self._phase_taps(a, p) for a in range(min(s, h))]

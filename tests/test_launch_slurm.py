@@ -5,9 +5,9 @@ A one-node cluster on localhost (tests/slurm_cluster.py: Debian's slurm-wlm and 
 epochs of 400 steps, about 2 s each here (the requeue must land inside epoch 2; 120 steps once
 took 0.5 s and the signal came after the last step). Once epoch 1's checkpoint exists,
 `scontrol requeue` does what a preemption does: SIGTERM to every task, then the job goes back
-in the queue. The trainer stops
-at the next step with a checkpoint of it; the requeued job (same job id, same run name,
-`--resume auto`) continues it, and its final weights equal an uninterrupted run's bit for bit.
+in the queue. The trainer stops at the next step with a checkpoint of it; the requeued job
+(same job id, same run name, `--resume auto`) continues it, and its final weights equal an
+uninterrupted run's bit for bit.
 
 Slurm 22.05 holds a requeued job for ~2 minutes (its BeginTime); the test lifts that hold
 with `scontrol update StartTime=now` rather than wait.
